@@ -1,0 +1,181 @@
+"""The one ``ResNet`` class every family is built from.
+
+Unlike torchvision's, the stem is a choice: ``"imagenet"`` (7x7 stride-2 conv and max-pool, He et al.
+2015 Table 1) or ``"cifar"`` (one 3x3 conv, section 4.2), so CIFAR networks, ImageNet networks and
+their pre-activation and plain counterparts share one implementation and one set of module names
+(``conv1, bn1, layer1..4, fc``) that torchvision checkpoints load into.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..blocks import BLOCKS, _Block
+
+STEMS = ("imagenet", "cifar")
+
+
+class ResNet(nn.Module):
+    """A residual network: stem, stages of blocks, global average pool, linear classifier.
+
+    Args:
+        block: block class (or its name in :data:`resnets.blocks.BLOCKS`); pre-activation blocks
+            make a v2 network, with a conv-only stem and a final BN-ReLU before pooling.
+        layers: number of blocks per stage.
+        widths: ``planes`` of each stage (output channels are ``planes * block.expansion``).
+        stem: ``"imagenet"`` or ``"cifar"``; ``stem_width``: channels of the stem conv.
+        shortcut: ``"A"``, ``"B"`` or ``"C"`` (see :func:`resnets.layers.make_shortcut`).
+        groups, width_per_group: grouped / widened 3x3 in bottlenecks (ResNeXt, Wide ResNet-50).
+        se_reduction: squeeze-and-excitation ratio in every block (0: none).
+        stride_in_1x1: the paper's v1 bottleneck (stride on the first 1x1) instead of v1.5.
+        residual: ``False`` builds the plain counterpart (same layers, no shortcuts).
+        zero_init_last: zero the last BN (last conv for v2) of every residual branch.
+        output_stride: 32 (ImageNet) / 8 (CIFAR) by default; smaller values replace the stride of the
+            last stages by dilation, for dense prediction (Chen et al. 2017, DeepLabV3).
+        drop_rate: dropout before the classifier; block_drop_rate: dropout inside blocks (WRN).
+    """
+
+    def __init__(
+        self,
+        block: type[_Block] | str,
+        layers: Sequence[int],
+        *,
+        widths: Sequence[int] = (64, 128, 256, 512),
+        stem: str = "imagenet",
+        stem_width: int = 64,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        shortcut: str = "B",
+        groups: int = 1,
+        width_per_group: int = 64,
+        se_reduction: int = 0,
+        stride_in_1x1: bool = False,
+        residual: bool = True,
+        zero_init_last: bool = False,
+        output_stride: int | None = None,
+        drop_rate: float = 0.0,
+        block_drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if isinstance(block, str):
+            if block not in BLOCKS:
+                raise ValueError(f"unknown block {block!r}; choose one of {', '.join(BLOCKS)}")
+            block = BLOCKS[block]
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {', '.join(STEMS)}; got {stem!r}")
+        if len(layers) != len(widths):
+            raise ValueError(f"layers {list(layers)} and widths {list(widths)} must have the same length")
+        if len(layers) not in (3, 4):
+            raise ValueError(f"a ResNet has 3 (CIFAR) or 4 (ImageNet) stages; got layers={list(layers)}")
+        if any(n < 1 for n in layers):
+            raise ValueError(f"every stage needs at least one block; got layers={list(layers)}")
+        self.preact = block.preact
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+
+        # Stem. A v2 stem is conv only: the first block's pre-activation normalises its output.
+        reduction = 1
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
+            reduction = 2
+        else:
+            self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=3, stride=1, padding=1, bias=False)
+        if not self.preact:
+            self.bn1 = nn.BatchNorm2d(stem_width)
+            self.relu = nn.ReLU(inplace=True)
+        self.feature_info: list[dict[str, Any]] = [
+            {"num_chs": stem_width, "reduction": reduction, "module": "conv1" if self.preact else "relu"}
+        ]
+        self.maxpool: nn.Module = nn.Identity()
+        if stem == "imagenet":
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            reduction *= 2
+
+        max_stride = output_stride or (reduction * 2 ** (len(layers) - 1))
+        in_channels, dilation = stem_width, 1
+        self.stage_names: list[str] = []
+        for index, (num_blocks, planes) in enumerate(zip(layers, widths)):
+            stride = 1 if index == 0 else 2
+            previous_dilation = dilation
+            if reduction * stride > max_stride:
+                # Keep the resolution; widen the receptive field with dilation instead.
+                dilation *= stride
+                stride = 1
+            reduction *= stride
+            blocks = []
+            for i in range(num_blocks):
+                blocks.append(
+                    block(
+                        in_channels, planes, stride if i == 0 else 1,
+                        shortcut=shortcut, groups=groups, base_width=width_per_group,
+                        # The first block of a dilated stage uses the previous dilation, as in
+                        # torchvision, so the change of dilation happens inside one block.
+                        dilation=previous_dilation if i == 0 else dilation,
+                        se_reduction=se_reduction, stride_in_1x1=stride_in_1x1,
+                        residual=residual, drop_rate=block_drop_rate,
+                    )
+                )
+                in_channels = planes * block.expansion
+            name = f"layer{index + 1}"
+            self.add_module(name, nn.Sequential(*blocks))
+            self.stage_names.append(name)
+            self.feature_info.append({"num_chs": in_channels, "reduction": reduction, "module": name})
+        if len(layers) == 3:
+            # CIFAR networks have three stages; ``None`` keeps forward_features scriptable.
+            self.layer4: nn.Module | None = None
+
+        self.num_features = in_channels
+        if self.preact:
+            self.norm = nn.BatchNorm2d(in_channels)
+            self.act = nn.ReLU(inplace=True)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.head_drop: nn.Module = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.fc: nn.Module = nn.Linear(in_channels, num_classes) if num_classes > 0 else nn.Identity()
+
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if zero_init_last:
+            for module in self.modules():
+                if isinstance(module, _Block):
+                    module.zero_init_last()
+
+    def stem(self, x: Tensor) -> Tensor:
+        x = self.conv1(x)
+        if not self.preact:
+            x = self.relu(self.bn1(x))
+        return self.maxpool(x)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Input images to the last feature map (after the final BN-ReLU for v2 networks)."""
+        x = self.stem(x)
+        x = self.layer3(self.layer2(self.layer1(x)))
+        if self.layer4 is not None:
+            x = self.layer4(x)
+        if self.preact:
+            x = self.act(self.norm(x))
+        return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Feature map to logits; ``pre_logits=True`` stops at the pooled feature vector."""
+        x = torch.flatten(self.avgpool(x), 1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (0: none)."""
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
