@@ -1,0 +1,252 @@
+"""Training configuration: typed dataclasses, filled from YAML and ``--set key=value`` overrides.
+
+One file describes a run completely; the resolved version is written to ``RUN_DIR/config.yaml`` so a
+run can be repeated (or resumed) from its directory alone. Unknown keys are errors that name the
+closest valid key: a typo such as ``optim.weight_dcay`` must not silently train with the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"  # any name from `resnets models`
+    kwargs: dict[str, Any] = field(default_factory=dict)  # builder arguments, e.g. {shortcut: B}
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # image folder or CIFAR archive folder; None: the sample bundled with the package
+    val_size: int = 5000  # images held out for validation (stratified); 0: no validation
+    split_seed: int = 0
+    limit: int = 0  # use only the first N training images after the split (0: all); for smoke runs
+    crop_padding: int = 4  # random crop from a zero-padded image (He et al. 2015, sec. 4.2)
+    flip: bool = True  # random horizontal flip
+    cutout: int = 0  # side of the erased square (DeVries & Taylor 2017); 0: off
+    download: bool = False
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam | adamw | rmsprop
+    lr: float = 0.1  # peak learning rate, per optimizer step of `train.batch_size` images
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4  # applied to conv/linear weights only, never to BN parameters or biases
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    alpha: float = 0.99  # RMSprop smoothing constant
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "multistep"  # constant | multistep | cosine | onecycle
+    unit: str = "step"  # what `milestones` and `warmup` count: step | epoch
+    milestones: list[int] = field(default_factory=list)  # multistep: where the lr changes
+    factors: list[float] = field(default_factory=list)  # multistep: lr multiplier from each milestone on
+    gamma: float = 0.1  # multistep without `factors`: multiply by gamma at every milestone
+    warmup: int = 0  # linear warm-up length (in `unit`s), for constant, multistep and cosine
+    min_lr: float = 0.0  # cosine: final learning rate
+    pct_start: float = 0.25  # onecycle: fraction of training spent rising
+    div_factor: float = 25.0  # onecycle: start lr = lr / div_factor
+    final_div_factor: float = 1e4  # onecycle: end lr = start lr / final_div_factor
+    # ReduceLROnPlateau on top of any schedule (the Keras example combines it with its step schedule).
+    plateau_factor: float = 0.0  # multiply the lr by this after `plateau_patience` bad epochs; 0: off
+    plateau_patience: int = 5
+    plateau_cooldown: int = 0
+    plateau_min_lr: float = 0.0
+    plateau_metric: str = ""  # what plateau watches (Keras: val_loss); empty: train.best_metric
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 128  # images per optimizer step, summed over processes and accumulation steps
+    epochs: int = 0  # length of training in epochs ...
+    steps: int = 0  # ... or in optimizer steps (wins when > 0; the paper counts 64k iterations)
+    accumulate: int = 1  # micro-batches per optimizer step
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # exponential moving average of the weights; 0: off. Validation uses it.
+    grad_clip: float = 0.0  # max global gradient norm; 0: off
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    seed: int = 0
+    best_metric: str = "val_acc"  # val_acc | val_loss | val_top5 | train_acc | train_loss
+    skip_nonfinite: bool = False  # skip a batch whose loss is NaN/inf instead of stopping
+    sync_bn: bool = False  # SyncBatchNorm across processes (GPU only)
+    freeze_bn: bool = False  # keep BatchNorm in eval mode (running statistics frozen; affine still trains)
+    workers_threads: int = 0  # torch intra-op threads; 0: torch's default
+    progress: bool = True  # rich progress bar per epoch
+    tensorboard: bool = True
+    plots: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = "runs"  # runs are written to OUT_DIR/NAME
+    name: str = ""  # run name; empty: <model>-<date>-<time>
+    recipe: str = ""  # free text recorded with the weights: where the recipe comes from
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _keys(cls) -> list[str]:
+    """Every dotted key of a config class, for suggestions."""
+    out = []
+    for name, hint in get_type_hints(cls).items():
+        out += [f"{name}.{k}" for k in _keys(hint)] if dataclasses.is_dataclass(hint) else [name]
+    return out
+
+
+def _unknown_key(key: str) -> KeyError:
+    valid = _keys(Config) + [f.name for f in dataclasses.fields(Config)]
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if not close:  # a known leaf under the wrong (or no) section: `lr` -> `optim.lr`
+        leaves = {k.rsplit(".", 1)[-1]: k for k in valid}
+        close = [leaves[m] for m in difflib.get_close_matches(key.rsplit(".", 1)[-1], leaves, n=1, cutoff=0.6)]
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return KeyError(f"unknown config key {key!r}{hint}")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check/convert a YAML value to the field's type; YAML reads 1e-4 as a string, so floats are parsed."""
+    origin = getattr(hint, "__origin__", None)
+    text = str(hint)
+    if value is None:
+        if "None" in text:
+            return None
+        raise ValueError(f"config key {key!r} cannot be null")
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "yes", "1", "on"):
+                    return True
+                if value.lower() in ("false", "no", "0", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if hint is float:
+            return float(value)
+        if hint is str or text == "str | None":
+            return str(value)
+        if origin in (list, tuple):
+            if isinstance(value, str):
+                value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
+            (item,) = set(hint.__args__)
+            items = [_coerce(v, item, key) for v in value]
+            return tuple(items) if origin is tuple else items
+        if origin is dict:
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config key {key!r}: expected {text}, got {value!r}") from None
+    return value
+
+
+def _fill(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    hints = get_type_hints(type(obj))
+    for key, value in data.items():
+        dotted = prefix + key
+        if key not in hints:
+            raise _unknown_key(dotted)
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {dotted!r} is a section; expected a mapping, got {value!r}")
+            _fill(getattr(obj, key), value, dotted + ".")
+        else:
+            setattr(obj, key, _coerce(value, hint, dotted))
+
+
+def set_key(config: Config, assignment: str) -> None:
+    """Apply one ``section.key=value`` override (value parsed as YAML: 0.1, true, [1, 2], {a: 1})."""
+    if "=" not in assignment:
+        raise ValueError(f"--set expects key=value, got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    nested: Any = value
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    _fill(config, nested)
+
+
+def validate(config: Config) -> None:
+    t, o, s = config.train, config.optim, config.schedule
+    choices = {
+        "optim.name": (o.name, ("sgd", "adam", "adamw", "rmsprop")),
+        "schedule.name": (s.name, ("constant", "multistep", "cosine", "onecycle")),
+        "schedule.unit": (s.unit, ("step", "epoch")),
+        "train.precision": (t.precision, ("fp32", "bf16", "fp16")),
+        "train.best_metric": (t.best_metric, ("val_acc", "val_loss", "val_top5", "train_acc", "train_loss")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}{hint}")
+    if t.epochs <= 0 and t.steps <= 0:
+        raise ValueError("set train.epochs or train.steps to a positive number")
+    if t.batch_size < 1 or t.accumulate < 1:
+        raise ValueError("train.batch_size and train.accumulate must be >= 1")
+    if s.factors and len(s.factors) != len(s.milestones):
+        raise ValueError(f"schedule.factors ({len(s.factors)}) needs one value per milestone ({len(s.milestones)})")
+    if list(s.milestones) != sorted(s.milestones):
+        raise ValueError(f"schedule.milestones must be increasing; got {s.milestones}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A :class:`Config` from a YAML file (or the defaults) with ``key=value`` overrides applied."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+        _fill(config, data)
+    for assignment in overrides:
+        set_key(config, assignment)
+    validate(config)
+    return config
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    config = Config()
+    _fill(config, data)
+    validate(config)
+    return config

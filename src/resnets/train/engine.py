@@ -1,0 +1,471 @@
+"""The training loop: ``train(config)``. One CPU, one GPU, or many processes under torchrun.
+
+Read top to bottom: set up (processes, device, data, model, optimizer), restore a checkpoint when
+resuming, then epochs of optimizer steps, each epoch ending with validation, a metrics row, the
+``best`` and ``last`` checkpoints. Every piece of state that influences the next step is in the
+checkpoint, so an interrupted run resumed from it ends with exactly the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from ..registry import create_model
+from .checkpoint import export_weights, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import Config, config_from_dict, load_config
+from .optim import EMA, Schedule, build_optimizer
+from .report import Reporter
+
+
+class TrainingError(RuntimeError):
+    """Training stopped for a reason the user can act on; the message says which and what to do."""
+
+
+class NonFiniteLossError(TrainingError):
+    pass
+
+
+@dataclass
+class StepInfo:
+    """What a callback sees after every optimizer step (raise KeyboardInterrupt to stop cleanly)."""
+
+    step: int
+    epoch: int
+    batch: int  # batches of this epoch consumed so far
+    loss: float
+    lr: float
+    model: nn.Module
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, float]  # the last epoch's row
+    best: float | None
+    weights: Path  # final .safetensors
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def sample_data_dir() -> Path:
+    """The small CIFAR-10 sample bundled with the package (quick start without a download)."""
+    from importlib.resources import files
+
+    return Path(str(files("resnets") / "assets" / "cifar10_sample"))
+
+
+def select_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def _setup_distributed(device_name: str) -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; init the process group once."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        gpu = torch.cuda.is_available() and device_name in ("auto", "cuda") or device_name.startswith("cuda")
+        dist.init_process_group("nccl" if gpu else "gloo")
+    return rank, world, local_rank
+
+
+def _all_sum(values: list[float], device: torch.device, world: int) -> list[float]:
+    """Metrics summed over processes (each process sees a different slice of every batch)."""
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _broadcast(obj: Any, world: int) -> Any:
+    if world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class _StopOnSigint:
+    """First Ctrl-C: finish the current step, write a resumable checkpoint, stop. Second: stop now."""
+
+    def __init__(self):
+        self.requested, self._old = False, None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step (Ctrl-C again to stop at once)...", flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _explain_runtime_error(exc: BaseException, where: str, batch_size: int, accumulate: int) -> Exception | None:
+    text = str(exc)
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower():
+        return TrainingError(
+            f"out of memory at {where} with {batch_size} images per forward pass. Use a smaller batch at "
+            f"the same effective size: --set train.accumulate={accumulate * 2} (or lower train.batch_size), "
+            f"or --set train.precision=bf16.")
+    if "Expected more than 1 value per channel when training" in text:
+        return TrainingError(
+            f"batch-norm got a batch of one image at {where}: batch statistics of a single image are "
+            f"undefined. Change train.batch_size (or the number of processes / train.accumulate) so no "
+            f"batch holds exactly one image, or set train.freeze_bn=true.")
+    return None
+
+
+def _freeze_bn(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _top_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> int:
+    k = min(k, logits.shape[1])
+    return int((logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).sum())
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader, device: torch.device, autocast, world: int = 1) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy over a loader (summed over processes)."""
+    was_training = model.training
+    model.eval()
+    loss_sum = correct = correct5 = n = 0.0
+    for x, y in loader:
+        with autocast:
+            logits = model(x)
+        loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        correct5 += _top_correct(logits, y, 5)
+        n += len(y)
+    model.train(was_training)
+    loss_sum, correct, correct5, n = _all_sum([loss_sum, correct, correct5, n], device, world)
+    n = max(n, 1)
+    return {"val_loss": loss_sum / n, "val_acc": correct / n, "val_top5": correct5 / n}
+
+
+def _new_run_dir(cfg: Config) -> Path:
+    name = cfg.name or f"{cfg.model.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.out_dir) / name
+    if (run_dir / "last.pt").exists():
+        raise TrainingError(f"{run_dir} already holds a run; resume it with --resume {run_dir} "
+                            f"or choose another --set name=...")
+    return run_dir
+
+
+def train(
+    config: Config | str | Path | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    resume: str | Path | None = None,
+    callbacks: Sequence[Callable[[StepInfo], None]] = (),
+) -> TrainResult:
+    """Train a model as ``config`` says (a :class:`Config`, or a YAML path, plus ``key=value`` overrides).
+
+    ``resume``: a run directory; training continues from its ``last.pt`` with its saved config
+    (``overrides`` still apply, e.g. a longer ``train.epochs``).
+    """
+    # ---- configuration and processes -------------------------------------------------------------
+    ckpt = None
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "last.pt").is_file():
+            raise FileNotFoundError(f"nothing to resume: {run_dir / 'last.pt'} does not exist")
+        ckpt = load_checkpoint(run_dir / "last.pt")
+        cfg = config_from_dict(ckpt["config"])
+        from .config import set_key, validate
+
+        for assignment in overrides:
+            set_key(cfg, assignment)
+        validate(cfg)
+    elif isinstance(config, Config):
+        cfg = copy.deepcopy(config)
+        from .config import set_key, validate
+
+        for assignment in overrides:
+            set_key(cfg, assignment)
+        validate(cfg)
+    else:
+        cfg = load_config(config, overrides)
+    t = cfg.train
+    rank, world, local_rank = _setup_distributed(t.device)
+    device = select_device(t.device, local_rank)
+    if t.workers_threads:
+        torch.set_num_threads(t.workers_threads)
+    if resume is None:
+        run_dir = _broadcast(_new_run_dir(cfg) if rank == 0 else None, world)
+    is_main = rank == 0
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
+
+    # ---- data ------------------------------------------------------------------------------------
+    from ..data import make_loader, open_dataset, split_train_val
+
+    data_path = cfg.data.path or sample_data_dir()
+    dataset = open_dataset(data_path, split="train", download=cfg.data.download)
+    if cfg.data.val_size > 0:
+        train_ds, val_ds = split_train_val(dataset, val_size=cfg.data.val_size, seed=cfg.data.split_seed)
+    else:
+        train_ds, val_ds = dataset, None
+    info = train_ds.info
+    micro = t.batch_size // (world * t.accumulate)
+    if micro * world * t.accumulate != t.batch_size:
+        raise ValueError(f"train.batch_size={t.batch_size} must be divisible by processes ({world}) x "
+                         f"train.accumulate ({t.accumulate})")
+    loader = make_loader(train_ds, micro, train=True, device=device, seed=t.seed,
+                         crop_padding=cfg.data.crop_padding, flip=cfg.data.flip, cutout=cfg.data.cutout,
+                         rank=rank, world_size=world, channels_last=t.channels_last)
+    val_loader = None
+    if val_ds is not None:
+        val_loader = make_loader(val_ds, max(micro, 256), train=False, device=device, seed=t.seed,
+                                 rank=rank, world_size=world, channels_last=t.channels_last)
+    batches = len(loader)
+    steps_per_epoch = math.ceil(batches / t.accumulate)
+    total_steps = t.steps if t.steps > 0 else t.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+
+    # ---- model, optimizer, schedule --------------------------------------------------------------
+    torch.manual_seed(t.seed)
+    model = create_model(cfg.model.name, num_classes=len(info.classes), **cfg.model.kwargs)
+    if t.sync_bn and world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format)
+    raw_model = model  # what checkpoints hold: no DDP `module.` or compile `_orig_mod.` prefixes
+    optimizer = build_optimizer(model, cfg.optim)
+    schedule = Schedule(cfg.schedule, cfg.optim.lr, total_steps, steps_per_epoch)
+    ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    # fp16 needs loss scaling to keep small gradients representable (Micikevicius et al. 2018); bf16 doesn't.
+    scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        model = torch.compile(model)
+    eval_model = copy.deepcopy(raw_model) if ema else raw_model
+
+    meta = {"model": cfg.model.name, "model_kwargs": cfg.model.kwargs, "classes": list(info.classes),
+            "mean": list(info.mean), "std": list(info.std), "image_size": [3, 32, 32], "recipe": cfg.to_dict()}
+    if getattr(info, "image_size", None):
+        meta["image_size"] = [3, *info.image_size][-3:] if len(info.image_size) == 2 else list(info.image_size)
+    higher_better = t.best_metric.endswith(("acc", "top5"))
+
+    # ---- state, restored when resuming -----------------------------------------------------------
+    step, start_epoch, start_batch, best = 0, 0, 0, None
+    stats = {"loss": 0.0, "correct": 0.0, "n": 0.0, "seconds": 0.0}  # running sums of the current epoch
+    history: list[dict[str, float]] = []
+    if ckpt is not None:
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["schedule"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None and ckpt.get("ema"):
+            ema.load_state_dict(ckpt["ema"])
+        set_rng_state(ckpt["rng"])
+        step, best, stats, history = ckpt["step"], ckpt["best"], dict(ckpt["epoch_stats"]), list(ckpt["history"])
+        start_epoch, start_batch = ckpt["loader"]["epoch"], ckpt["loader"]["batch"]
+        if start_batch >= batches:
+            start_epoch, start_batch = start_epoch + 1, 0
+        del ckpt
+
+    def checkpoint(name: str, epoch: int, batch: int) -> None:
+        if not is_main:
+            return
+        save_checkpoint(run_dir / name, {
+            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+            "ema": ema.state_dict() if ema else None, "epoch": epoch, "step": step,
+            "loader": {"epoch": epoch, "batch": batch}, "rng": rng_state(), "config": cfg.to_dict(),
+            "meta": {**meta, "metrics": history[-1] if history else {}}, "epoch_stats": dict(stats),
+            "best": best, "history": history,
+        })
+
+    reporter = Reporter(run_dir, enabled=is_main, progress=t.progress, tensorboard=t.tensorboard,
+                        purge_step=step if step else None)
+    if is_main:
+        where = "resuming at step {step}" if step else "starting"
+        reporter.print(f"[bold]{run_dir}[/]: {cfg.model.name}, {len(train_ds)} train / "
+                       f"{len(val_ds) if val_ds is not None else 0} val images, {epochs} epochs of "
+                       f"{steps_per_epoch} steps ({total_steps} in all), device {device}"
+                       f"{f' x{world}' if world > 1 else ''}; {where.format(step=step)}")
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def train_mode() -> None:
+        model.train()
+        if t.freeze_bn:
+            _freeze_bn(model)
+
+    epoch, batch_index, resume_at = start_epoch, start_batch, start_batch
+    with _StopOnSigint() as stop:
+        try:
+            for epoch in range(start_epoch, epochs):
+                loader.set_epoch(epoch)
+                if start_batch:
+                    loader.load_state_dict({"epoch": epoch, "batch": start_batch})
+                batch_index, start_batch = start_batch if epoch == start_epoch else 0, 0
+                resume_at = batch_index  # first batch not yet part of a completed step
+                train_mode()
+                reporter.start_epoch(epoch, epochs, steps_per_epoch, done=batch_index // t.accumulate)
+                tick = time.perf_counter()
+                group: list[tuple[float, int, int]] = []  # (loss sum, correct, n) of this step's micro-batches
+                for x, y in loader:
+                    # Micro-batches per optimizer step: `accumulate`, fewer for the tail of an epoch.
+                    first = batch_index - batch_index % t.accumulate
+                    n_micro = min(t.accumulate, batches - first)
+                    last_micro = batch_index + 1 == first + n_micro
+                    where = f"step {step + 1} (epoch {epoch + 1}, batch {batch_index + 1}/{batches})"
+                    try:
+                        sync = model.no_sync() if world > 1 and not last_micro else nullcontext()
+                        with sync:
+                            with autocast:
+                                logits = model(x)
+                                loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
+                            if not torch.isfinite(loss):
+                                raise NonFiniteLossError(f"loss is {loss.item()} at {where}")
+                            (scaler.scale(loss / n_micro) if scaler else loss / n_micro).backward()
+                    except NonFiniteLossError as exc:
+                        if not t.skip_nonfinite:
+                            checkpoint("last.pt", epoch, first)  # the weights before this step are still good
+                            raise NonFiniteLossError(
+                                f"{exc}. Stopped; the last good state (step {step}) is in {run_dir / 'last.pt'}. "
+                                f"Lower optim.lr, set train.grad_clip, or --set train.skip_nonfinite=true to "
+                                f"skip such batches.") from None
+                        reporter.print(f"[yellow]skipping batch: {exc}[/]")
+                        optimizer.zero_grad(set_to_none=True)
+                        group = []
+                        batch_index += 1
+                        resume_at = batch_index if last_micro else resume_at
+                        continue
+                    except (RuntimeError, ValueError) as exc:
+                        explained = _explain_runtime_error(exc, where, len(y), t.accumulate)
+                        if explained is None:
+                            raise
+                        raise explained from exc
+                    with torch.no_grad():
+                        group.append((loss.detach() * len(y), (logits.argmax(1) == y).sum(), len(y)))
+                    batch_index += 1
+                    if not last_micro:
+                        continue
+
+                    # ---- optimizer step ----
+                    lr = schedule.lr(step)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr
+                    if scaler:
+                        scaler.unscale_(optimizer)
+                    if t.grad_clip > 0:
+                        nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                    if scaler:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    if ema:
+                        ema.update(raw_model)
+                    step += 1
+                    loss_sum = float(sum(g[0] for g in group))
+                    correct = float(sum(g[1] for g in group))
+                    n = float(sum(g[2] for g in group))
+                    group = []
+                    resume_at = batch_index
+                    stats["loss"] += loss_sum
+                    stats["correct"] += correct
+                    stats["n"] += n
+                    now = time.perf_counter()
+                    stats["seconds"] += now - tick
+                    tick = now
+                    reporter.step(step, loss_sum / n, correct / n, lr, stats)
+                    for callback in callbacks:
+                        callback(StepInfo(step, epoch, batch_index, loss_sum / n, lr, raw_model))
+                    if stop.requested:
+                        raise KeyboardInterrupt
+                    if step >= total_steps:
+                        break
+
+                # ---- end of epoch: validation, metrics, checkpoints ----
+                resume_at = batches
+                reporter.end_epoch()
+                loss_sum, correct, n = _all_sum([stats["loss"], stats["correct"], stats["n"]], device, world)
+                row = {"epoch": epoch + 1, "step": step, "lr": schedule.lr(max(step - 1, 0)),
+                       "train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1),
+                       "seconds": stats["seconds"], "img_per_s": n / max(stats["seconds"], 1e-9)}
+                if val_loader is not None:
+                    if ema:
+                        eval_model.load_state_dict(ema.state)
+                    row.update(validate(eval_model, val_loader, device, autocast, world))
+                history.append(row)
+                metric = row.get(t.best_metric)
+                watched = cfg.schedule.plateau_metric or t.best_metric
+                schedule.epoch_end(row.get(watched), watched.endswith(("acc", "top5")))
+                stats = {"loss": 0.0, "correct": 0.0, "n": 0.0, "seconds": 0.0}
+                improved = metric is not None and (best is None or (metric > best if higher_better else metric < best))
+                if improved:
+                    best = metric
+                reporter.epoch_row(row, improved=improved, best_metric=t.best_metric)
+                if improved:
+                    checkpoint("best.pt", epoch, batches)
+                checkpoint("last.pt", epoch, batches)
+                if step >= total_steps:
+                    break
+        except KeyboardInterrupt:
+            # Between steps the state is consistent: save it where the next step would start.
+            checkpoint("last.pt", epoch, resume_at)
+            reporter.close()
+            if is_main:
+                print(f"interrupted at step {step}; resume with: resnets train --resume {run_dir}", flush=True)
+            raise
+        except BaseException:
+            reporter.close()
+            raise
+
+    # ---- the end: exported weights and plots -------------------------------------------------------
+    final = run_dir / "final.safetensors"
+    if is_main:
+        weights = ema.state if ema else raw_model.state_dict()
+        export_weights(final, weights, {**meta, "metrics": history[-1] if history else {}})
+        if best is not None and (run_dir / "best.pt").exists():
+            best_ckpt = load_checkpoint(run_dir / "best.pt")
+            best_weights = best_ckpt["ema"]["state"] if best_ckpt.get("ema") else best_ckpt["model"]
+            export_weights(run_dir / "best.safetensors", best_weights, best_ckpt["meta"])
+        (run_dir / "summary.yaml").write_text(yaml.safe_dump(
+            {"best": {t.best_metric: best}, "last": history[-1] if history else {}, "steps": step}, sort_keys=False))
+    reporter.finish(history, best, t.best_metric, plots=t.plots)
+    return TrainResult(run_dir, history[-1] if history else {}, best, final, history)

@@ -1,0 +1,182 @@
+"""Evaluation and prediction from exported weights (``.safetensors``) or a training checkpoint (``.pt``).
+
+Preprocessing comes from the weights' metadata (mean/std of the training pixels, input size), so
+an image is normalised exactly as during training.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import create_model
+from .checkpoint import load_weights
+
+
+def load_model(weights: str | Path, model: str | None = None, device: str | torch.device = "cpu"
+               ) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a weights file; ``model`` overrides (and is checked against) the metadata."""
+    state, meta = load_weights(weights)
+    name = model or meta.get("model")
+    if not name:
+        raise ValueError(f"{weights} does not say which model it holds; pass --model NAME")
+    if model and meta.get("model") and meta["model"] != model:
+        raise ValueError(f"{weights} holds {meta['model']!r} weights, not {model!r}")
+    num_classes = len(meta["classes"]) if meta.get("classes") else None
+    net = create_model(name, num_classes=num_classes, **meta.get("model_kwargs", {}))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{weights} does not fit model {name!r}: {str(exc).splitlines()[0]}") from None
+    return net.to(device).eval(), meta
+
+
+def _normalise(x_uint8: torch.Tensor, meta: dict, device) -> torch.Tensor:
+    mean = torch.tensor(meta.get("mean", (0.5, 0.5, 0.5)), device=device).view(1, 3, 1, 1)
+    std = torch.tensor(meta.get("std", (0.5, 0.5, 0.5)), device=device).view(1, 3, 1, 1)
+    return (x_uint8.to(device, torch.float32) / 255 - mean) / std
+
+
+@torch.no_grad()
+def _logits(net: nn.Module, x: torch.Tensor, tta: str | None) -> torch.Tensor:
+    out = net(x).float()
+    if tta == "flip":  # average the softmax of the image and its mirror (the training augmentation)
+        out = (out.softmax(1) + net(x.flip(3)).float().softmax(1)).div(2).log()
+    return out
+
+
+def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None, tta: str | None = None,
+             batch_size: int = 256, device: str = "cpu", split: str | None = None,
+             confusion_png: str | Path | None = None) -> dict[str, Any]:
+    """Top-1, top-5, per-class accuracy and the confusion matrix of ``weights`` on ``data``.
+
+    ``data``: an image folder (class sub-folders) or a CIFAR archive folder. Images are normalised
+    with the statistics stored in the weights, not the evaluation set's.
+    """
+    from ..data import open_dataset
+
+    if tta not in (None, "none", "flip"):
+        raise ValueError(f"--tta must be 'flip' or 'none'; got {tta!r}")
+    tta = None if tta == "none" else tta
+    device = torch.device(device)
+    net, meta = load_model(weights, model, device)
+    for candidate in [split] if split else ["test", "val", "train"]:
+        try:
+            ds = open_dataset(data, split=candidate)
+            break
+        except FileNotFoundError:
+            if split or candidate == "train":
+                raise
+    classes = list(meta.get("classes") or ds.info.classes)
+    missing = [c for c in ds.info.classes if c not in classes]
+    if missing:
+        raise ValueError(f"{data} has classes the model does not know: {', '.join(missing[:5])}")
+    # Map the data's label indices onto the model's class order by name.
+    remap = torch.tensor([classes.index(c) for c in ds.info.classes])
+    k = len(classes)
+    confusion = torch.zeros(k, k, dtype=torch.int64)
+    correct5 = 0
+    size = tuple(meta.get("image_size", [3, *ds.images.shape[2:]]))[-2:]
+    for start in range(0, len(ds), batch_size):
+        x = ds.images[start:start + batch_size]
+        if tuple(x.shape[2:]) != size:
+            x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True).round().clamp(0, 255)
+        y = remap[ds.labels[start:start + batch_size]].to(device)
+        logits = _logits(net, _normalise(x, meta, device), tta)
+        pred = logits.argmax(1)
+        confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
+        correct5 += int((logits.topk(min(5, k), 1).indices == y[:, None]).any(1).sum())
+    n = int(confusion.sum())
+    per_class_n = confusion.sum(1)
+    result = {
+        "top1": float(confusion.diag().sum()) / max(n, 1),
+        "top5": correct5 / max(n, 1),
+        "n": n,
+        "per_class": {c: (float(confusion[i, i]) / int(per_class_n[i])) if per_class_n[i] else None
+                      for i, c in enumerate(classes)},
+        "confusion": confusion.tolist(),
+        "classes": classes,
+    }
+    if confusion_png:
+        plot_confusion(confusion, classes, confusion_png, title=f"{meta.get('model', model)} on {Path(data).name}")
+    return result
+
+
+def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(classes)
+    rows = confusion.float() / confusion.sum(1, keepdim=True).clamp_min(1)
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * k, 1 + 0.5 * k))
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), classes, rotation=45, ha="right")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def _image_files(inputs: list[str | Path]) -> list[Path]:
+    from ..data.images import has_image_extension, is_hidden
+
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.is_file() and has_image_extension(p.name)
+                            and not is_hidden(p.name))
+        elif item.exists():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"no such image or folder: {item}")
+    if not files:
+        raise ValueError(f"no image files in {', '.join(map(str, inputs))}")
+    return files
+
+
+@torch.no_grad()
+def predict(weights: str | Path, images: list[str | Path] | str | Path, *, topk: int = 5,
+            model: str | None = None, device: str = "cpu", batch_size: int = 256) -> list[dict[str, Any]]:
+    """Top-k classes with probabilities for each image file (or every image in a folder)."""
+    import numpy as np
+
+    from ..data import load_image
+
+    if isinstance(images, str | Path):
+        images = [images]
+    net, meta = load_model(weights, model, device)
+    classes = meta.get("classes") or [str(i) for i in range(net.num_classes)]
+    h, w = meta.get("image_size", [3, 32, 32])[-2:]
+    files = _image_files(list(images))
+    results = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        # Whole image resized to the training size (CIFAR models see the full 32x32 frame).
+        arrays = [np.asarray(load_image(p).resize((w, h), resample=3)) for p in chunk]  # 3: bicubic
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        probs = net(_normalise(x, meta, device)).float().softmax(1)
+        top = probs.topk(min(topk, probs.shape[1]), 1)
+        for path, p, idx in zip(chunk, top.values.tolist(), top.indices.tolist()):
+            results.append({"path": str(path), "top": [{"class": classes[i], "prob": round(v, 6)}
+                                                        for v, i in zip(p, idx)]})
+    return results
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2)

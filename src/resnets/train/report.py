@@ -1,0 +1,141 @@
+"""What a person sees during and after training: a progress bar per epoch, a summary line per epoch,
+``metrics.csv``, TensorBoard event files and PNG plots, all in the run directory (main process only)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "seconds",
+           "img_per_s"]
+
+
+class Reporter:
+    def __init__(self, run_dir: Path, *, enabled: bool = True, progress: bool = True, tensorboard: bool = True,
+                 purge_step: int | None = None):
+        self.run_dir, self.enabled, self.show_progress = Path(run_dir), enabled, progress and enabled
+        self.console = Console(highlight=False)
+        self.writer = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a previous (interrupted) process wrote after the resumed step.
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
+        self.progress: Progress | None = None
+        self.task = None
+
+    def print(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(text)
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int = 0) -> None:
+        if not self.show_progress:
+            return
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.3f} lr {task.fields[lr]:.2e} "
+                       "{task.fields[ips]:.0f} img/s"),
+            TimeRemainingColumn(), console=self.console, transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=steps, completed=done, loss=0.0, acc=0.0, lr=0.0, ips=0.0)
+
+    def step(self, step: int, loss: float, acc: float, lr: float, stats: dict) -> None:
+        if not self.enabled:
+            return
+        if self.progress is not None:
+            ips = stats["n"] / max(stats["seconds"], 1e-9)
+            self.progress.update(self.task, advance=1, loss=stats["loss"] / max(stats["n"], 1),
+                                 acc=stats["correct"] / max(stats["n"], 1), lr=lr, ips=ips)
+        if self.writer is not None and step % 10 == 0:
+            self.writer.add_scalar("train/loss_step", loss, step)
+            self.writer.add_scalar("train/lr", lr, step)
+
+    def end_epoch(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def epoch_row(self, row: dict, *, improved: bool, best_metric: str) -> None:
+        if not self.enabled:
+            return
+        path = self.run_dir / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: row.get(k, "") for k in COLUMNS})
+        if self.writer is not None:
+            for k, v in row.items():
+                if k not in ("epoch", "step"):
+                    self.writer.add_scalar(k.replace("_", "/", 1) if "_" in k else k, v, row["step"])
+            self.writer.flush()
+        val = (f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} top5 {row['val_top5']:.4f}"
+               if "val_acc" in row else "")
+        mark = f"  [green]* best {best_metric}[/]" if improved else ""
+        self.console.print(
+            f"epoch {row['epoch']:>3}  step {row['step']:>6}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f} "
+            f"acc {row['train_acc']:.4f}{val}  {row['img_per_s']:.0f} img/s  {row['seconds']:.1f}s{mark}")
+
+    def close(self) -> None:
+        self.end_epoch()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def finish(self, history: list[dict], best: float | None, best_metric: str, plots: bool = True) -> None:
+        self.close()
+        if not self.enabled:
+            return
+        if plots:
+            plot_metrics(self.run_dir / "metrics.csv", self.run_dir)
+        if history:
+            last = history[-1]
+            val = f"validation accuracy {last['val_acc']:.4f} (top-5 {last['val_top5']:.4f}), " if "val_acc" in last else ""
+            best_text = f"best {best_metric} {best:.4f}, " if best is not None else ""
+            total = sum(r["seconds"] for r in history)
+            self.console.print(f"[bold]done[/]: {val}{best_text}{last['epoch']} epochs, {last['step']} steps, "
+                               f"{total:.0f}s training; weights: {self.run_dir / 'final.safetensors'}")
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def plot_metrics(csv_path: Path, out_dir: Path) -> list[Path]:
+    """loss.png, accuracy.png and lr.png from metrics.csv (one point per epoch)."""
+    if not Path(csv_path).exists():
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(csv_path)
+    epochs = [r["epoch"] for r in rows]
+    written = []
+    for name, keys, ylabel in (("loss", ["train_loss", "val_loss"], "cross-entropy"),
+                               ("accuracy", ["train_acc", "val_acc"], "top-1 accuracy"),
+                               ("lr", ["lr"], "learning rate")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in keys:
+            points = [(e, r[key]) for e, r in zip(epochs, rows) if key in r]
+            if points:
+                ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        if name == "lr":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = Path(out_dir) / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

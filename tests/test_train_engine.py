@@ -1,0 +1,163 @@
+"""The training engine on real CIFAR-10 images: resume exactness, checkpoints, failures, outputs."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from resnets.train import (
+    NonFiniteLossError,
+    TrainingError,
+    evaluate,
+    load_checkpoint,
+    predict,
+    read_metadata,
+    train,
+)
+from resnets.train.config import load_config
+
+
+def make_subset(src: Path, dst: Path, per_class: int) -> Path:
+    """An image folder with the first ``per_class`` real JPEGs of every class."""
+    for class_dir in sorted(p for p in src.iterdir() if p.is_dir()):
+        (dst / class_dir.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(class_dir.iterdir())[:per_class]:
+            shutil.copy(f, dst / class_dir.name / f.name)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def subset(cifar_train_dir, tmp_path_factory) -> Path:
+    return make_subset(cifar_train_dir, tmp_path_factory.mktemp("cifar") / "train", 24)  # 240 images
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+
+
+def base(subset: Path, out: Path, *extra: str):
+    """resnet20, 200 train / 40 val images, batch 32: 7 steps per epoch."""
+    return load_config(None, [
+        f"data.path={subset}", "data.val_size=40", f"out_dir={out}", "train.batch_size=32", "train.epochs=2",
+        "optim.nesterov=true", "optim.lr=0.05", "schedule.name=cosine", "schedule.warmup=2",
+        "train.label_smoothing=0.1", "train.ema_decay=0.9", "train.progress=false", "train.tensorboard=false",
+        "train.plots=false", *extra])
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "final.safetensors"))
+
+
+def test_interrupted_and_resumed_run_ends_with_identical_weights(subset, tmp_path):
+    full = train(base(subset, tmp_path, "name=full"))
+
+    # First interruption: a real Ctrl-C (SIGINT) during step 3: the step finishes, a checkpoint is written.
+    def ctrl_c_at_3(info):
+        if info.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(base(subset, tmp_path, "name=cut"), callbacks=[ctrl_c_at_3])
+    ckpt = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert (ckpt["step"], ckpt["loader"]) == (3, {"epoch": 0, "batch": 3})
+    assert not (tmp_path / "cut" / "final.safetensors").exists()
+
+    # Second interruption, in the second epoch, by a callback raising KeyboardInterrupt.
+    def stop_at_10(info):
+        if info.step == 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(resume=tmp_path / "cut", callbacks=[stop_at_10])
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["loader"] == {"epoch": 1, "batch": 3}
+
+    resumed = train(resume=tmp_path / "cut")
+    a, b = weights(full.run_dir), weights(resumed.run_dir)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    raw_a = load_checkpoint(full.run_dir / "last.pt")["model"]
+    raw_b = load_checkpoint(resumed.run_dir / "last.pt")["model"]
+    assert all(torch.equal(raw_a[k], raw_b[k]) for k in raw_a)
+    assert full.history == [{**r, "seconds": full.history[i]["seconds"], "img_per_s": full.history[i]["img_per_s"]}
+                            for i, r in enumerate(resumed.history)]
+
+
+def test_outputs_of_a_run(subset, tmp_path):
+    cfg = base(subset, tmp_path, "name=run", "train.tensorboard=true", "train.plots=true", "train.epochs=2",
+               "train.ema_decay=0")
+    result = train(cfg)
+    run = result.run_dir
+    assert yaml.safe_load((run / "config.yaml").read_text()) == cfg.to_dict()
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,step,lr,train_loss,train_acc,val_loss,val_acc") and len(rows) == 3
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    for png in ("loss.png", "accuracy.png", "lr.png"):
+        assert (run / png).read_bytes()[:4] == b"\x89PNG"
+    meta = read_metadata(run / "final.safetensors")
+    assert meta["model"] == "resnet20" and meta["classes"][0] == "airplane" and len(meta["mean"]) == 3
+    assert meta["metrics"]["step"] == 14 and meta["recipe"]["optim"]["lr"] == 0.05
+    best = load_checkpoint(run / "best.pt")
+    assert best["best"] == max(r["val_acc"] for r in result.history)
+    for key in ("model", "optimizer", "schedule", "scaler", "ema", "epoch", "step", "rng", "loader", "config", "meta"):
+        assert key in best
+    assert (run / "best.safetensors").exists()
+
+    # Evaluation and prediction from the exported weights, preprocessing from their metadata.
+    scores = evaluate(run / "final.safetensors", subset, tta="flip")
+    assert scores["n"] == 240 and 0 <= scores["top1"] <= scores["top5"] <= 1
+    assert sum(row[i] for i, row in enumerate(scores["confusion"])) == round(scores["top1"] * 240)
+    images = sorted((subset / "cat").iterdir())[:3]
+    preds = predict(run / "final.safetensors", images, topk=3)
+    assert [p["path"] for p in preds] == [str(p) for p in images]
+    assert all(len(p["top"]) == 3 and sum(t["prob"] for t in p["top"]) <= 1 + 1e-6 for p in preds)
+
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(cfg)
+
+
+def _nan_once(info):
+    """After step 2, make the model's next forward pass return NaN (once)."""
+    if info.step == 2:
+        handle = None
+
+        def hook(module, args, output):
+            handle.remove()
+            return output * math.nan
+
+        handle = info.model.register_forward_hook(hook)
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_a_good_checkpoint(subset, tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3 \(epoch 1, batch 3/7\)") as info:
+        train(base(subset, tmp_path, "name=nan"), callbacks=[_nan_once])
+    assert str(tmp_path / "nan" / "last.pt") in str(info.value) and "skip_nonfinite" in str(info.value)
+    ckpt = load_checkpoint(tmp_path / "nan" / "last.pt")
+    assert ckpt["step"] == 2 and ckpt["loader"] == {"epoch": 0, "batch": 2}
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_nonfinite_batch_skipped_when_asked(subset, tmp_path):
+    result = train(base(subset, tmp_path, "name=skip", "train.skip_nonfinite=true", "train.epochs=1"),
+                   callbacks=[_nan_once])
+    assert result.metrics["step"] == 6  # 7 batches, one skipped
+    assert all(torch.isfinite(v).all() for v in weights(result.run_dir).values() if v.is_floating_point())
+
+
+def test_checkpoint_loading_refuses_pickled_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"model": {}, "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match="not a readable resnets checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
