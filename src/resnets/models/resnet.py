@@ -84,9 +84,9 @@ class ResNet(nn.Module):
             reduction = 2
         else:
             self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=3, stride=1, padding=1, bias=False)
-        if not self.preact:
-            self.bn1 = nn.BatchNorm2d(stem_width)
-            self.relu = nn.ReLU(inplace=True)
+        # Identity placeholders instead of branches keep one forward path (and TorchScript happy).
+        self.bn1: nn.Module = nn.Identity() if self.preact else nn.BatchNorm2d(stem_width)
+        self.relu: nn.Module = nn.Identity() if self.preact else nn.ReLU(inplace=True)
         self.feature_info: list[dict[str, Any]] = [
             {"num_chs": stem_width, "reduction": reduction, "module": "conv1" if self.preact else "relu"}
         ]
@@ -129,9 +129,9 @@ class ResNet(nn.Module):
             self.layer4: nn.Module | None = None
 
         self.num_features = in_channels
-        if self.preact:
-            self.norm = nn.BatchNorm2d(in_channels)
-            self.act = nn.ReLU(inplace=True)
+        # v2 networks end with BN-ReLU: their last block's output is a raw sum (He et al. 2016).
+        self.norm: nn.Module = nn.BatchNorm2d(in_channels) if self.preact else nn.Identity()
+        self.act: nn.Module = nn.ReLU(inplace=True) if self.preact else nn.Identity()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.head_drop: nn.Module = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.fc: nn.Module = nn.Linear(in_channels, num_classes) if num_classes > 0 else nn.Identity()
@@ -148,10 +148,7 @@ class ResNet(nn.Module):
                     module.zero_init_last()
 
     def stem(self, x: Tensor) -> Tensor:
-        x = self.conv1(x)
-        if not self.preact:
-            x = self.relu(self.bn1(x))
-        return self.maxpool(x)
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Input images to the last feature map (after the final BN-ReLU for v2 networks)."""
@@ -159,9 +156,7 @@ class ResNet(nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         if self.layer4 is not None:
             x = self.layer4(x)
-        if self.preact:
-            x = self.act(self.norm(x))
-        return x
+        return self.act(self.norm(x))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Feature map to logits; ``pre_logits=True`` stops at the pooled feature vector."""

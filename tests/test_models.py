@@ -1,0 +1,273 @@
+"""The zoo against its references: parameter and MAC counts from the papers and torchvision,
+logit parity with torchvision checkpoints, and the contract every registered model keeps."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import resnets
+from resnets.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
+from resnets.layers import PadShortcut
+
+# He et al. 2015 Table 6 (option A, as counted by akamaster/pytorch_resnet_cifar10) and torchvision.
+PARAMS = {
+    "resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586, "resnet56": 853_018,
+    "resnet110": 1_727_962, "resnet1202": 19_421_274,
+    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
+    "resnet101": 44_549_160, "resnet152": 60_192_808,
+    "wide_resnet50_2": 68_883_240, "wide_resnet101_2": 126_886_696,
+    "resnext50_32x4d": 25_028_904, "resnext101_32x8d": 88_791_336,
+    "seresnet50": 28_088_024,  # timm's seresnet50
+}
+# Papers' approximate counts: He et al. 2016 (1.7M, 10.2M), Zagoruyko & Komodakis 2016 (11.0M, 36.5M, 8.9M).
+APPROX_PARAMS = {
+    "preact_resnet164": 1.70e6, "preact_resnet1001": 10.3e6,
+    "wrn16_8": 11.0e6, "wrn28_10": 36.5e6, "wrn40_4": 8.9e6,
+}
+# MACs per image: akamaster / He et al. 2015 (resnet20 at 32x32), torchvision's "GFLOPS" (really GMACs).
+MACS = [
+    ("resnet20", {}, 32, 40.55e6),
+    ("resnet20", {"shortcut": "B"}, 32, 40.81e6),
+    ("resnet18", {}, 224, 1.81e9),
+    ("resnet50", {}, 224, 4.09e9),
+    ("resnet152", {}, 224, 11.51e9),
+]
+TORCHVISION_PARITY = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
+                      "resnext50_32x4d"]
+# Big models get one small input and the cheap checks only.
+HEAVY = {"resnet1202", "preact_resnet1001", "wrn28_10", "resnext101_32x8d", "wide_resnet101_2",
+         "wide_resnet50_2", "resnet152", "resnetv2_152"}
+
+
+def meta_model(name: str, **kwargs) -> nn.Module:
+    with torch.device("meta"):
+        return resnets.create_model(name, **kwargs)
+
+
+@pytest.mark.parametrize("name,expected", sorted(PARAMS.items()))
+def test_parameter_count_matches_reference(name, expected):
+    assert resnets.count_params(meta_model(name)) == expected
+
+
+@pytest.mark.parametrize("name,expected", sorted(APPROX_PARAMS.items()))
+def test_parameter_count_matches_paper_approximately(name, expected):
+    assert resnets.count_params(meta_model(name)) == pytest.approx(expected, rel=0.01)
+
+
+@pytest.mark.parametrize("name,kwargs,size,expected", MACS)
+def test_macs_match_reference(name, kwargs, size, expected):
+    stats = resnets.profile(meta_model(name, **kwargs), size)
+    assert stats.macs == pytest.approx(expected, rel=0.005)
+    assert stats.params == resnets.count_params(meta_model(name, **kwargs))
+
+
+@pytest.mark.parametrize("name", TORCHVISION_PARITY)
+def test_loads_torchvision_state_dict_and_matches_logits(name):
+    reference = getattr(torchvision.models, name)().eval()
+    ours = resnets.create_model(name).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        diff = (ours(x) - reference(x)).abs().max().item()
+    assert diff <= 1e-5, diff
+
+
+def _input_for(name: str, batch: int = 2) -> torch.Tensor:
+    entry = resnets.model_entry(name)
+    side = 32 if entry.family == "cifar" else 64
+    return torch.randn(batch, entry.input_size[0], side, side)
+
+
+@pytest.mark.parametrize("name", resnets.list_models())
+def test_registered_model_contract(name):
+    entry = resnets.model_entry(name)
+    model = resnets.create_model(name, num_classes=7)
+    x = _input_for(name)
+
+    # forward + backward in training mode
+    out = model(x)
+    assert out.shape == (2, 7)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+    model.eval()
+    with torch.no_grad():
+        # feature_info: one entry for the stem and one per stage, with consistent shapes
+        features = model.forward_features(x)
+        last = model.feature_info[-1]
+        assert features.shape[1] == last["num_chs"] == model.num_features
+        assert features.shape[-1] == x.shape[-1] // last["reduction"]
+        assert [f["module"] for f in model.feature_info[1:]] == [f"layer{i + 1}" for i in range(len(model.feature_info) - 1)]
+        y = x
+        y = model.stem(y)
+        assert y.shape[1] == model.feature_info[0]["num_chs"]
+        for info in model.feature_info[1:]:
+            y = getattr(model, info["module"])(y)
+            assert y.shape[1] == info["num_chs"] and y.shape[-1] == x.shape[-1] // info["reduction"]
+        pooled = model.forward_head(features, pre_logits=True)
+        assert pooled.shape == (2, model.num_features)
+
+        # state_dict round trip into a fresh model gives the same outputs
+        expected = model(x)
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        buffer.seek(0)
+        clone = resnets.create_model(name, num_classes=7).eval()
+        clone.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
+        torch.testing.assert_close(clone(x), expected)
+
+        model.reset_classifier(3)
+        assert model(x).shape == (2, 3)
+        model.reset_classifier(0)
+        assert model(x).shape == (2, model.num_features)
+    assert entry.family in ("cifar", "imagenet")
+
+
+@pytest.mark.parametrize("name", [n for n in resnets.list_models() if n not in HEAVY])
+def test_registered_model_scripts(name):
+    model = resnets.create_model(name).eval()
+    scripted = torch.jit.script(model)
+    x = _input_for(name, batch=1)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+
+
+def test_torch_export_of_cifar_and_imagenet_models():
+    for name, side in (("resnet20", 32), ("resnet50", 64)):
+        model = resnets.create_model(name).eval()
+        x = torch.randn(1, 3, side, side)
+        program = torch.export.export(model, (x,))
+        torch.testing.assert_close(program.module()(x), model(x))
+
+
+def test_option_a_shortcut_is_parameter_free_picklable_and_zero_pads():
+    model = resnets.create_model("resnet20")
+    shortcuts = [m for m in model.modules() if isinstance(m, PadShortcut)]
+    assert len(shortcuts) == 2  # one per change of stage
+    assert sum(p.numel() for s in shortcuts for p in s.parameters()) == 0
+    restored = pickle.loads(pickle.dumps(model))
+    assert isinstance(restored.layer2[0].downsample, PadShortcut)
+
+    shortcut = PadShortcut(16, 32, stride=2)
+    x = torch.randn(1, 16, 8, 8)
+    y = shortcut(x)
+    assert y.shape == (1, 32, 4, 4)
+    torch.testing.assert_close(y[:, 8:24], x[:, :, ::2, ::2])
+    assert y[:, :8].abs().sum() == 0 and y[:, 24:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("shortcut,projections", [("A", 0), ("B", 2), ("C", 9)])
+def test_shortcut_options(shortcut, projections):
+    model = resnets.create_model("resnet20", shortcut=shortcut)
+    convs = [b.downsample for b in model.modules()
+             if isinstance(b, BasicBlock) and isinstance(b.downsample, nn.Sequential)]
+    assert len(convs) == projections
+
+
+def test_plain_network_has_same_layers_and_no_addition():
+    residual, plain = resnets.create_model("resnet56"), resnets.create_model("plain56")
+    assert [n for n, _ in plain.named_parameters()] == [n for n, _ in residual.named_parameters()]
+    block_r, block_p = residual.layer1[1], plain.layer1[1]
+    block_p.load_state_dict(block_r.state_dict())
+    for block in (block_r, block_p):
+        nn.init.zeros_(block.bn2.weight)
+        nn.init.zeros_(block.bn2.bias)
+        block.eval()
+    x = torch.rand(1, 16, 8, 8)  # non-negative, as after a ReLU
+    with torch.no_grad():
+        torch.testing.assert_close(block_r(x), x)  # residual branch zero: the identity remains
+        assert block_p(x).abs().sum() == 0  # plain: nothing is added back
+
+
+def test_zero_init_last_makes_residual_blocks_identities():
+    model = resnets.create_model("resnet20", zero_init_last=True).eval()
+    x = torch.rand(1, 16, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model.layer1[0](x), x)
+    preact = resnets.create_model("preact_resnet110", zero_init_last=True)
+    assert preact.layer1[1].conv3.weight.abs().sum() == 0
+
+
+def test_stride_in_1x1_is_the_papers_v1_bottleneck():
+    v15 = resnets.create_model("resnet50")
+    v1 = resnets.create_model("resnet50", stride_in_1x1=True)
+    assert v15.layer2[0].conv2.stride == (2, 2) and v15.layer2[0].conv1.stride == (1, 1)
+    assert v1.layer2[0].conv1.stride == (2, 2) and v1.layer2[0].conv2.stride == (1, 1)
+
+
+def test_variants_pin_their_arguments():
+    with pytest.raises(ValueError, match="groups=32"):
+        resnets.create_model("resnext50_32x4d", groups=8)
+    with pytest.raises(ValueError, match="residual"):
+        resnets.create_model("plain20", residual=True)
+    model = resnets.create_model("se_resnet20")
+    assert any(isinstance(m, resnets.layers.SqueezeExcite) for m in model.modules())
+
+
+def test_output_stride_uses_dilation():
+    model = resnets.create_model("resnet50", output_stride=8).eval()
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(1, 3, 64, 64))
+    assert features.shape[-1] == 8
+    assert model.layer4[1].conv2.dilation == (4, 4)
+    assert model.feature_info[-1]["reduction"] == 8
+
+
+def test_in_chans():
+    model = resnets.create_model("resnet20", in_chans=1)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_any_input_size_large_enough():
+    model = resnets.create_model("resnet18").eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 97, 131)).shape == (1, 1000)
+
+
+def test_unknown_model_suggests_closest():
+    with pytest.raises(KeyError, match="resnet20"):
+        resnets.create_model("resnet2O")
+
+
+def test_list_models_pattern_and_family():
+    assert resnets.list_models("resnet*0")[:3] == ["resnet20", "resnet50", "resnet110"]
+    cifar = set(resnets.list_models(family="cifar"))
+    assert {"resnet20", "resnet1202", "preact_resnet1001", "plain110", "wrn28_10", "se_resnet56"} <= cifar
+    assert "resnet50" not in cifar
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (3, 32, 32)])
+def test_keras_api_channels_last_or_first(shape):
+    v1 = resnets.resnet_v1(input_shape=shape, depth=20, num_classes=10)
+    assert resnets.count_params(v1) == PARAMS["resnet20"]
+    v2 = resnets.resnet_v2(input_shape=shape, depth=56)
+    assert isinstance(v2.layer1[0], PreActBottleneck) and len(v2.layer1) == 6
+    assert v2(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_keras_api_depth_rule_is_taught():
+    with pytest.raises(ValueError, match=r"6n\+2.*got 21.*20 and 26"):
+        resnets.resnet_v1(depth=21)
+    with pytest.raises(ValueError, match=r"9n\+2.*got 50.*47 and 56"):
+        resnets.resnet_v2(depth=50)
+    with pytest.raises(ValueError, match="channel axis"):
+        resnets.resnet_v1(input_shape=(32, 32, 32))
+
+
+def test_block_signature_is_shared():
+    for block in (BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck):
+        b = block(64, 16, 2, shortcut="B", se_reduction=4)
+        y = b(torch.randn(2, 64, 8, 8))
+        assert y.shape == (2, 16 * block.expansion, 4, 4)
+
+
+def test_deepcopy_and_meta_device():
+    model = copy.deepcopy(resnets.create_model("resnet20"))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
