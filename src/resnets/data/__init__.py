@@ -1,0 +1,24 @@
+"""Datasets and loaders: CIFAR archives and image folders, decoded safely, loaded fast, in a
+deterministic order that survives resuming and distributed training.
+
+    from resnets.data import open_dataset, split_train_val, make_loader
+    train, val = split_train_val(open_dataset("data/cifar10", download=True), 5000)  # the paper's 45k/5k
+    loader = make_loader(train, 128, train=True, device="cuda", seed=0)
+"""
+
+from .cifar import CifarUnpickler, UnsafePickleError, download_cifar, read_cifar, write_cifar_archive
+from .folder import read_class_map, resolve_classes, verify_folder, write_class_map
+from .images import BadFile, BadImageError, BadImageWarning, load_image
+from .info import DatasetInfo, compute_normalization
+from .loader import BatchLoader, FolderLoader, build_transforms, make_loader
+from .order import BatchPlan, epoch_permutation
+from .sources import DataError, FolderDataset, open_dataset, split_train_val
+from .tensor_dataset import TensorImageDataset
+
+__all__ = [
+    "BadFile", "BadImageError", "BadImageWarning", "BatchLoader", "BatchPlan", "CifarUnpickler", "DataError",
+    "DatasetInfo", "FolderDataset", "FolderLoader", "TensorImageDataset", "UnsafePickleError", "build_transforms",
+    "compute_normalization", "download_cifar", "epoch_permutation", "load_image", "make_loader", "open_dataset",
+    "read_cifar", "read_class_map", "resolve_classes", "split_train_val", "verify_folder", "write_cifar_archive",
+    "write_class_map",
+]

@@ -1,0 +1,100 @@
+"""The on-disk uint8 tensor cache for small-image folders.
+
+Decoding 50,000 JPEGs takes seconds; loading their pixels back takes a fraction of one. The
+cache file is named by a fingerprint of the folder's content (every file's relative path,
+label, size and modification time, the class order, and the decoder version), so adding,
+removing, replacing or relabelling an image, or upgrading Pillow, gives a new key instead of
+stale pixels. Reading every byte to hash it would cost as much as decoding, which is what the
+cache is there to avoid; size + mtime is what make and rsync trust for the same question.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import PIL
+import torch
+
+FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("RESNETS_CACHE"):
+        return Path(os.environ["RESNETS_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "resnets" / "data"
+
+
+def fingerprint(root: Path, samples: list[tuple[str, int]], classes: list[str], settings: dict) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": FORMAT_VERSION, "pillow": PIL.__version__, "classes": classes,
+                         "settings": settings}, sort_keys=True).encode())
+    root_str = str(root)
+    for path, label in samples:
+        st = os.stat(path)
+        rel = os.path.relpath(path, root_str)
+        h.update(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash or a second process (several DDP ranks building the same cache) can then never
+    leave a half-written file under the final name: readers see the old file or the new one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def save(path: Path, images: torch.Tensor, labels: torch.Tensor, meta: dict) -> None:
+    from safetensors.torch import save as st_save
+
+    data = st_save({"images": images.contiguous(), "labels": labels.contiguous()},
+                   metadata={"resnets": json.dumps(meta)})
+    atomic_write_bytes(path, data)
+
+
+def load(path: Path):
+    """(images, labels, meta), or None when the file is absent or unreadable (it is then rebuilt)."""
+    if not path.is_file():
+        return None
+    from safetensors.torch import load as st_load
+
+    try:
+        data = path.read_bytes()
+        tensors = st_load(data)
+        # safetensors layout: 8-byte little-endian header length, then the JSON header.
+        header_len = struct.unpack("<Q", data[:8])[0]
+        meta = json.loads(json.loads(data[8:8 + header_len])["__metadata__"]["resnets"])
+        images, labels = tensors["images"], tensors["labels"]
+    except Exception:  # noqa: BLE001 - a damaged cache is only a cache: decode again
+        return None
+    if images.dtype != torch.uint8 or labels.dtype != torch.int64 or len(images) != len(labels):
+        return None
+    return images, labels, meta
