@@ -125,14 +125,23 @@ def list_files(root: Path, classes: list[str]) -> tuple[list[tuple[str, int]], l
     Files without an image extension are still listed: the decoder decides, so a JPEG named
     ``.jfif`` is used and a stray ``notes.txt`` is reported rather than silently ignored.
     """
-    samples, bad = [], []
+    samples: list[tuple[str, int]] = []
+
+    def walk(folder: str, label: int, seen: frozenset):
+        with os.scandir(folder) as it:
+            entries = sorted((e for e in it if not is_hidden(e.name)), key=lambda e: e.name)
+        for entry in entries:
+            if entry.is_dir():
+                real = os.path.realpath(entry.path)
+                if real not in seen:  # a symlink loop must not recurse forever
+                    walk(entry.path, label, seen | {real})
+            elif entry.is_file():
+                samples.append((entry.path, label))
+
     for label, name in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-            for fname in sorted(filenames):
-                if not is_hidden(fname):
-                    samples.append((os.path.join(dirpath, fname), label))
-    return samples, bad
+        folder = os.path.join(str(root), name)
+        walk(folder, label, frozenset({os.path.realpath(folder)}))
+    return samples, []
 
 
 # --- decoding many files ----------------------------------------------------------------------
@@ -149,7 +158,7 @@ def _decode_chunk(paths: list[str], keep_pixels: bool):
         except FileNotFoundError as exc:
             out.append(BadFile(path, f"vanished while reading ({exc})"))
             continue
-        out.append((img.height, img.width, mode, np.asarray(img) if keep_pixels else None))
+        out.append((img.height, img.width, mode, np.array(img) if keep_pixels else None))
     return out
 
 

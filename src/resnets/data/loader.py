@@ -127,7 +127,7 @@ class BatchLoader(_Position):
 
     def _augment(self, idx: torch.Tensor, d: dict[str, torch.Tensor]) -> torch.Tensor:
         h, w = self.height, self.width
-        padded = self.images[idx]  # (B, C, H+2p, W+2p)
+        padded = self.images.index_select(0, idx)  # (B, C, H+2p, W+2p); index_select beats [idx] 2x on CPU
         b, c, hp, wp = padded.shape
         ar_h = torch.arange(h, device=self.device)
         ar_w = torch.arange(w, device=self.device)
@@ -154,9 +154,9 @@ class BatchLoader(_Position):
             idx = batch.indices.to(self.device, non_blocking=True)
             if self.train and (self.crop_padding or self.flip or self.cutout):
                 d = self._draw(batch)
-                x = self._augment(idx, d) if (self.crop_padding or self.flip) else self.images[idx]
+                x = self._augment(idx, d) if (self.crop_padding or self.flip) else self.images.index_select(0, idx)
             else:
-                d, x = None, self.images[idx]
+                d, x = None, self.images.index_select(0, idx)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             x = x.to(self.dtype).sub_(self._shift.to(self.dtype)).mul_(self._inv_scale.to(self.dtype))

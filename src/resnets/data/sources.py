@@ -102,9 +102,11 @@ def _most_common_size(paths: list[str], limit: int = 64) -> tuple[int, int] | No
 
 def _open_small(root: Path, classes, samples, listing_bad, strict, cache_dir, workers) -> TensorImageDataset:
     """Decode the folder into one uint8 tensor, through the on-disk cache."""
-    cache_root = cache.default_cache_dir() if cache_dir is None else Path(cache_dir)
-    key = cache.fingerprint(root, samples, classes, {"background": "white"}) if cache_dir is not False else None
-    cache_file = cache_root / f"folder-{key[:32]}.safetensors" if key else None
+    cache_file = None
+    if cache_dir is not False:
+        cache_root = cache.default_cache_dir() if cache_dir is None else Path(cache_dir)
+        key = cache.fingerprint(root, samples, classes, {"background": "white"})
+        cache_file = cache_root / f"folder-{key[:32]}.safetensors"
     loaded = cache.load(cache_file) if cache_file else None
     if loaded is not None:
         images, labels, meta = loaded
