@@ -68,13 +68,60 @@ def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def create_model(name: str, num_classes: int | None = None, in_chans: int = 3, **kwargs) -> nn.Module:
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    *,
+    weights: str | None = None,
+    strict: bool = True,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] = (1, 2, 3, 4),
+    **kwargs,
+) -> nn.Module:
     """Build a registered model: ``create_model("resnet20", num_classes=10)``.
 
-    ``num_classes`` defaults to the family's (10 for CIFAR, 1000 for ImageNet); further keyword
-    arguments go to the builder (``shortcut="B"``, ``zero_init_last=True``, ``se_reduction=16``...).
+    - ``num_classes`` defaults to the weights' classes, else the family's (10 CIFAR, 1000 ImageNet);
+      further keyword arguments go to the builder (``shortcut="B"``, ``zero_init_last=True``...).
+    - ``weights``: a ``.safetensors`` file of ours (its metadata rebuilds the architecture and
+      carries classes and normalisation), a torchvision or timm ``.pth`` state_dict, or a training
+      checkpoint. Loading is strict; a different ``num_classes`` re-initialises the classifier and a
+      different ``in_chans`` adapts the first convolution, and a warning says so. The weights'
+      metadata is kept on the model as ``model.pretrained_meta``.
+    - ``features_only=True`` returns a :class:`resnets.transfer.FeatureExtractor` giving the maps of
+      ``out_indices`` (0 = stem, 1..N = stages).
     """
     entry = model_entry(name)
-    return entry.builder(
-        num_classes=entry.num_classes if num_classes is None else num_classes, in_chans=in_chans, **kwargs
-    )
+    state, meta, source_classes = None, {}, None
+    if weights is not None:
+        from .transfer.weights import WeightsError, read_weights
+
+        state, meta = read_weights(weights)
+        if meta.get("model") and meta["model"] != name:
+            raise WeightsError(f"{weights} holds weights for {meta['model']!r}, not {name!r}")
+        saved_kwargs = {k: v for k, v in (meta.get("model_kwargs") or {}).items()
+                        if k not in ("num_classes", "in_chans")}
+        kwargs = {**saved_kwargs, **kwargs}
+        if meta.get("classes"):
+            source_classes = len(meta["classes"])
+        elif "fc.weight" in state:
+            source_classes = state["fc.weight"].shape[0]
+    if num_classes is None:
+        num_classes = source_classes if source_classes is not None else entry.num_classes
+    model = entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if state is not None:
+        import warnings
+
+        from .transfer.weights import load_into
+
+        new_head = source_classes is not None and num_classes != source_classes
+        report = load_into(model, state, strict=strict, new_head=new_head)
+        if report.reinitialized or report.adapted:
+            warnings.warn(f"{name} from {weights}: {report}", stacklevel=2)
+        model.pretrained_meta = meta
+        model.load_report = report
+    if features_only:
+        from .transfer.features import FeatureExtractor
+
+        return FeatureExtractor(model, out_indices)
+    return model

@@ -1,0 +1,28 @@
+"""Transfer learning: weights from torchvision, timm and our own files; adapting heads and
+input channels; fine-tuning controls; feature extraction; detection and segmentation backbones."""
+
+from .backbones import DilatedEncoder, dilated_backbone, fpn_backbone
+from .features import FeatureExtractor
+from .finetune import (
+    GradualUnfreezer,
+    freeze,
+    freeze_batchnorm,
+    linear_probe,
+    lr_multipliers,
+    set_trainable,
+    stage_names,
+)
+from .weights import (
+    LoadReport,
+    WeightsError,
+    adapt_input_conv,
+    convert_timm_state_dict,
+    load_into,
+    read_weights,
+)
+
+__all__ = [
+    "DilatedEncoder", "FeatureExtractor", "GradualUnfreezer", "LoadReport", "WeightsError", "adapt_input_conv",
+    "convert_timm_state_dict", "dilated_backbone", "fpn_backbone", "freeze", "freeze_batchnorm",
+    "linear_probe", "load_into", "lr_multipliers", "read_weights", "set_trainable", "stage_names",
+]

@@ -1,0 +1,178 @@
+"""Loading weights from torchvision, timm and the project's own files, without executing anything.
+
+Every load is strict by default and reports missing, unexpected and mis-shaped keys in words;
+the only accepted differences are the ones the caller asked for (a new head, a new input width).
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class WeightsError(ValueError):
+    """A weights file that is unreadable, not what it claims to be, or does not fit the model."""
+
+
+@dataclass
+class LoadReport:
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    reinitialized: list[str] = field(default_factory=list)  # asked for: a new head
+    adapted: list[str] = field(default_factory=list)  # asked for: first conv to another in_chans
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        lines = []
+
+        def block(title: str, items: list) -> None:
+            if items:
+                shown = ", ".join(map(str, items[:8])) + (f" ... ({len(items)} in all)" if len(items) > 8 else "")
+                lines.append(f"{title}: {shown}")
+
+        block("missing keys (in the model, not in the file)", self.missing)
+        block("unexpected keys (in the file, not in the model)", self.unexpected)
+        block("shape mismatches (key, file, model)", self.mismatched)
+        block("re-initialised", self.reinitialized)
+        block("adapted to the input channels", self.adapted)
+        return "\n".join(lines) or "all keys matched"
+
+
+def _strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    # DataParallel/DDP ("module.") and torch.compile ("_orig_mod.") wrappers prefix every key.
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def convert_timm_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """timm checkpoints to our names. timm's ``ResNet`` already uses torchvision's names (and our
+    ``se.fc1/fc2``); its pre-activation ``ResNetV2`` uses ``stem/stages/blocks/normN``."""
+    if not any(k.startswith(("stem.", "stages.")) for k in state):
+        return dict(state)
+    out = {}
+    for key, value in state.items():
+        new = key
+        if key.startswith("stem.conv."):
+            new = "conv1." + key[len("stem.conv."):]
+        elif key.startswith("head.fc."):
+            new = "fc." + key[len("head.fc."):]
+            if value.ndim == 4:  # timm's v2 head is a 1x1 conv; ours is a Linear
+                value = value.flatten(1)
+        elif m := re.match(r"^stages\.(\d+)\.blocks\.(\d+)\.(.*)$", key):
+            stage, index, rest = int(m.group(1)), m.group(2), m.group(3)
+            rest = re.sub(r"^norm(\d)\.", r"bn\1.", rest)
+            rest = re.sub(r"^downsample\.conv\.", "downsample.0.", rest)
+            new = f"layer{stage + 1}.{index}.{rest}"
+        out[new] = value
+    return out
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(state_dict, metadata)`` from a file, never unpickling arbitrary objects.
+
+    Accepts ``.safetensors`` (ours carry metadata), torchvision/timm ``.pth`` state_dicts, and the
+    project's training checkpoints (EMA weights preferred, as they are what was validated).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path} is empty")
+    metadata: dict[str, Any] = {}
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from ..train.checkpoint import read_metadata
+
+        try:
+            state = load_file(str(path))
+            metadata = read_metadata(path)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(f"{path} is not a valid safetensors file: {exc}") from exc
+    else:
+        try:
+            # weights_only=True: tensors and containers only; a pickle that tries to build any
+            # other object (a code-execution vector) is refused here, not run.
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
+            kind = "a zip/pickle file" if head[:2] == b"PK" or head[:1] == b"\x80" else "not a PyTorch file"
+            raise WeightsError(
+                f"refused to load {path} ({kind}): it is not a plain state_dict of tensors ({exc})"
+            ) from exc
+        if isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # a resnets training checkpoint
+            metadata = dict(obj.get("meta") or {})
+            ema = obj.get("ema")
+            obj = ema["state"] if isinstance(ema, dict) and ema.get("state") else obj["model"]
+        elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+            raise WeightsError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+        state = obj
+    return convert_timm_state_dict(_strip_prefixes(state)), metadata
+
+
+def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
+    """First-conv weights for another number of input channels (timm's rule): summed over RGB for
+    one channel; RGB repeated and rescaled by 3/C for C channels, so activations keep their scale."""
+    out_ch, src_ch, kh, kw = weight.shape
+    if in_chans == src_ch:
+        return weight
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_chans // src_ch)
+    return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (src_ch / in_chans)
+
+
+def load_into(
+    model: nn.Module,
+    state: dict[str, Tensor],
+    *,
+    strict: bool = True,
+    new_head: bool = False,
+    head: str = "fc",
+    first_conv: str = "conv1",
+) -> LoadReport:
+    """Load ``state`` into ``model`` and say exactly what did not fit.
+
+    ``new_head=True`` drops the file's classifier (the model's stays freshly initialised); a first
+    conv with another number of input channels is adapted with :func:`adapt_input_conv`. Anything
+    else that differs raises :class:`WeightsError` when ``strict`` (the default).
+    """
+    target = model.state_dict()
+    state = dict(state)
+    report = LoadReport()
+    conv_key = f"{first_conv}.weight"
+    if conv_key in state and conv_key in target and state[conv_key].shape[1] != target[conv_key].shape[1]:
+        if state[conv_key].shape[0] == target[conv_key].shape[0]:
+            state[conv_key] = adapt_input_conv(state[conv_key], target[conv_key].shape[1])
+            report.adapted.append(conv_key)
+    if new_head:
+        for key in [k for k in state if k.startswith(f"{head}.")]:
+            del state[key]
+        report.reinitialized = [k for k in target if k.startswith(f"{head}.")]
+    for key, value in state.items():
+        if key not in target:
+            report.unexpected.append(key)
+        elif target[key].shape != value.shape:
+            report.mismatched.append((key, tuple(value.shape), tuple(target[key].shape)))
+    report.missing = [k for k in target if k not in state and k not in report.reinitialized]
+    if strict and not report.ok:
+        raise WeightsError(f"weights do not fit {type(model).__name__}:\n{report}")
+    loadable = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
+    model.load_state_dict(loadable, strict=False)
+    return report
