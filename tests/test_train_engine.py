@@ -36,7 +36,7 @@ def make_subset(src: Path, dst: Path, per_class: int) -> Path:
 
 @pytest.fixture(scope="module")
 def subset(cifar_train_dir, tmp_path_factory) -> Path:
-    return make_subset(cifar_train_dir, tmp_path_factory.mktemp("cifar") / "train", 24)  # 240 images
+    return make_subset(cifar_train_dir, tmp_path_factory.mktemp("cifar") / "train", 12)  # 120 images
 
 
 @pytest.fixture(autouse=True)
@@ -45,9 +45,9 @@ def _private_cache(tmp_path, monkeypatch):
 
 
 def base(subset: Path, out: Path, *extra: str):
-    """resnet20, 200 train / 40 val images, batch 32: 7 steps per epoch."""
+    """resnet20, 96 train / 24 val images, batch 16: 6 steps per epoch."""
     return load_config(None, [
-        f"data.path={subset}", "data.val_size=40", f"out_dir={out}", "train.batch_size=32", "train.epochs=2",
+        f"data.path={subset}", "data.val_size=24", f"out_dir={out}", "train.batch_size=16", "train.epochs=2",
         "optim.nesterov=true", "optim.lr=0.05", "schedule.name=cosine", "schedule.warmup=2",
         "train.label_smoothing=0.1", "train.ema_decay=0.9", "train.progress=false", "train.tensorboard=false",
         "train.plots=false", *extra])
@@ -78,7 +78,7 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(subset, tmp_pat
 
     with pytest.raises(KeyboardInterrupt):
         train(resume=tmp_path / "cut", callbacks=[stop_at_10])
-    assert load_checkpoint(tmp_path / "cut" / "last.pt")["loader"] == {"epoch": 1, "batch": 3}
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["loader"] == {"epoch": 1, "batch": 4}
 
     resumed = train(resume=tmp_path / "cut")
     a, b = weights(full.run_dir), weights(resumed.run_dir)
@@ -105,7 +105,7 @@ def test_outputs_of_a_run(subset, tmp_path):
         assert (run / png).read_bytes()[:4] == b"\x89PNG"
     meta = read_metadata(run / "final.safetensors")
     assert meta["model"] == "resnet20" and meta["classes"][0] == "airplane" and len(meta["mean"]) == 3
-    assert meta["metrics"]["step"] == 14 and meta["recipe"]["optim"]["lr"] == 0.05
+    assert meta["metrics"]["step"] == 12 and meta["recipe"]["optim"]["lr"] == 0.05
     best = load_checkpoint(run / "best.pt")
     assert best["best"] == max(r["val_acc"] for r in result.history)
     for key in ("model", "optimizer", "schedule", "scaler", "ema", "epoch", "step", "rng", "loader", "config", "meta"):
@@ -114,8 +114,8 @@ def test_outputs_of_a_run(subset, tmp_path):
 
     # Evaluation and prediction from the exported weights, preprocessing from their metadata.
     scores = evaluate(run / "final.safetensors", subset, tta="flip")
-    assert scores["n"] == 240 and 0 <= scores["top1"] <= scores["top5"] <= 1
-    assert sum(row[i] for i, row in enumerate(scores["confusion"])) == round(scores["top1"] * 240)
+    assert scores["n"] == 120 and 0 <= scores["top1"] <= scores["top5"] <= 1
+    assert sum(row[i] for i, row in enumerate(scores["confusion"])) == round(scores["top1"] * 120)
     images = sorted((subset / "cat").iterdir())[:3]
     preds = predict(run / "final.safetensors", images, topk=3)
     assert [p["path"] for p in preds] == [str(p) for p in images]
@@ -138,7 +138,7 @@ def _nan_once(info):
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_a_good_checkpoint(subset, tmp_path):
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3 \(epoch 1, batch 3/7\)") as info:
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3 \(epoch 1, batch 3/6\)") as info:
         train(base(subset, tmp_path, "name=nan"), callbacks=[_nan_once])
     assert str(tmp_path / "nan" / "last.pt") in str(info.value) and "skip_nonfinite" in str(info.value)
     ckpt = load_checkpoint(tmp_path / "nan" / "last.pt")
@@ -149,7 +149,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_a_good_checkpoint(subset
 def test_nonfinite_batch_skipped_when_asked(subset, tmp_path):
     result = train(base(subset, tmp_path, "name=skip", "train.skip_nonfinite=true", "train.epochs=1"),
                    callbacks=[_nan_once])
-    assert result.metrics["step"] == 6  # 7 batches, one skipped
+    assert result.metrics["step"] == 5  # 6 batches, one skipped
     assert all(torch.isfinite(v).all() for v in weights(result.run_dir).values() if v.is_floating_point())
 
 

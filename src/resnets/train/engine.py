@@ -29,7 +29,8 @@ from torch import nn
 
 from ..registry import create_model
 from .checkpoint import export_weights, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Config, config_from_dict, load_config
+from .config import Config, config_from_dict, load_config, set_key
+from .config import validate as check_config
 from .optim import EMA, Schedule, build_optimizer
 from .report import Reporter
 
@@ -207,19 +208,12 @@ def train(
         if not (run_dir / "last.pt").is_file():
             raise FileNotFoundError(f"nothing to resume: {run_dir / 'last.pt'} does not exist")
         ckpt = load_checkpoint(run_dir / "last.pt")
-        cfg = config_from_dict(ckpt["config"])
-        from .config import set_key, validate
-
-        for assignment in overrides:
-            set_key(cfg, assignment)
-        validate(cfg)
-    elif isinstance(config, Config):
+        config = config_from_dict(ckpt["config"])
+    if isinstance(config, Config):
         cfg = copy.deepcopy(config)
-        from .config import set_key, validate
-
         for assignment in overrides:
             set_key(cfg, assignment)
-        validate(cfg)
+        check_config(cfg)
     else:
         cfg = load_config(config, overrides)
     t = cfg.train
@@ -235,7 +229,7 @@ def train(
         cfg.save(run_dir / "config.yaml")
 
     # ---- data ------------------------------------------------------------------------------------
-    from ..data import make_loader, open_dataset, split_train_val
+    from ..data import TensorImageDataset, make_loader, open_dataset, split_train_val
 
     data_path = cfg.data.path or sample_data_dir()
     dataset = open_dataset(data_path, split="train", download=cfg.data.download)
@@ -248,13 +242,13 @@ def train(
     if micro * world * t.accumulate != t.batch_size:
         raise ValueError(f"train.batch_size={t.batch_size} must be divisible by processes ({world}) x "
                          f"train.accumulate ({t.accumulate})")
-    loader = make_loader(train_ds, micro, train=True, device=device, seed=t.seed,
-                         crop_padding=cfg.data.crop_padding, flip=cfg.data.flip, cutout=cfg.data.cutout,
-                         rank=rank, world_size=world, channels_last=t.channels_last)
-    val_loader = None
-    if val_ds is not None:
-        val_loader = make_loader(val_ds, max(micro, 256), train=False, device=device, seed=t.seed,
-                                 rank=rank, world_size=world, channels_last=t.channels_last)
+    # In-memory small images augment whole batches (pad-crop, flip, cutout); folders of large images
+    # go through DataLoader workers with torchvision transforms.
+    augment = ({"crop_padding": cfg.data.crop_padding, "cutout": cfg.data.cutout}
+               if isinstance(train_ds, TensorImageDataset) else {})
+    common = {"device": device, "seed": t.seed, "rank": rank, "world_size": world, "channels_last": t.channels_last}
+    loader = make_loader(train_ds, micro, train=True, flip=cfg.data.flip, **augment, **common)
+    val_loader = make_loader(val_ds, max(micro, 256), train=False, **common) if val_ds is not None else None
     batches = len(loader)
     steps_per_epoch = math.ceil(batches / t.accumulate)
     total_steps = t.steps if t.steps > 0 else t.epochs * steps_per_epoch
@@ -266,6 +260,11 @@ def train(
     if t.sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format)
+    if micro == 1 and not t.freeze_bn and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise TrainingError(
+            "batch-norm would train on batches of one image (train.batch_size / processes / train.accumulate "
+            "= 1): its batch statistics would be those of a single image. Use at least 2 images per "
+            "process and micro-batch, or set train.freeze_bn=true.")
     raw_model = model  # what checkpoints hold: no DDP `module.` or compile `_orig_mod.` prefixes
     optimizer = build_optimizer(model, cfg.optim)
     schedule = Schedule(cfg.schedule, cfg.optim.lr, total_steps, steps_per_epoch)

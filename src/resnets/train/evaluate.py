@@ -116,7 +116,7 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | Path
     k = len(classes)
     rows = confusion.float() / confusion.sum(1, keepdim=True).clamp_min(1)
     fig, ax = plt.subplots(figsize=(1 + 0.6 * k, 1 + 0.5 * k))
-    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(k), classes, rotation=45, ha="right")
     ax.set_yticks(range(k), classes)
     ax.set_xlabel("predicted")
