@@ -12,11 +12,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_data_support import CLASSES, real_folder  # noqa: F401
 
 from resnets.cli import main as cli_main
 from resnets.data import BadImageError, BadImageWarning, DataError, load_image, open_dataset, verify_folder
 from resnets.data import cache as data_cache
+from test_data_support import CLASSES, real_folder_once
+
+
+@pytest.fixture(scope="session")
+def real_folder(cifar_train_dir, tmp_path_factory):
+    return real_folder_once(cifar_train_dir, tmp_path_factory)
 
 
 def _exif_rotated(path):

@@ -10,7 +10,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from test_data_support import CLASSES, copy_real_images, decode_folder, real_folder  # noqa: F401
 
 from resnets.data import (
     DataError,
@@ -24,8 +23,13 @@ from resnets.data import (
     write_cifar_archive,
 )
 from resnets.data.cifar import read_pickle
+from test_data_support import CLASSES, copy_real_images, decode_folder, real_folder_once
 
 # --- CIFAR archives ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def real_folder(cifar_train_dir, tmp_path_factory):
+    return real_folder_once(cifar_train_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

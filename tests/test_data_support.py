@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -34,7 +33,12 @@ def decode_folder(root: Path, classes=CLASSES) -> tuple[torch.Tensor, torch.Tens
     return torch.stack(images), torch.tensor(labels)
 
 
-@pytest.fixture(scope="session")
-def real_folder(cifar_train_dir, tmp_path_factory) -> Path:
-    """300 real CIFAR-10 JPEGs, 30 per class, as an image folder."""
-    return copy_real_images(cifar_train_dir, tmp_path_factory.mktemp("real") / "train", 30)
+_REAL_FOLDERS: dict[str, Path] = {}
+
+
+def real_folder_once(cifar_train_dir: Path, tmp_path_factory) -> Path:
+    """300 real CIFAR-10 JPEGs, 30 per class, as an image folder; copied once per session."""
+    key = str(cifar_train_dir)
+    if key not in _REAL_FOLDERS or not _REAL_FOLDERS[key].is_dir():
+        _REAL_FOLDERS[key] = copy_real_images(cifar_train_dir, tmp_path_factory.mktemp("real") / "train", 30)
+    return _REAL_FOLDERS[key]

@@ -7,10 +7,12 @@ Both follow :mod:`resnets.data.order` for which samples form each batch, and bot
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import torch
 
+from .images import BadImageWarning
 from .info import DatasetInfo
 from .order import BatchPlan, derive_seed, generator
 from .tensor_dataset import TensorImageDataset
@@ -293,8 +295,10 @@ class FolderLoader(_Position):
         start = self._begin()
         for i, (x, y, bad) in enumerate(self._loader, start):
             self.batch = i + 1
-            if bad:
-                self.bad_files.extend(bad)
+            for item in bad:
+                if item not in self.bad_files:
+                    warnings.warn(f"skipping {item.path}: {item.reason}", BadImageWarning, stacklevel=2)
+                    self.bad_files.append(item)
             if x is None:
                 continue
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -13,7 +13,7 @@ import torch
 from . import cache
 from .cifar import CIFAR10_DIR, CIFAR100_DIR, download_cifar, find_cifar_root, open_cifar
 from .folder import decode_files, list_files, resolve_classes, resolve_split_dir
-from .images import BadFile, BadImageError, BadImageWarning, image_size, load_image, warn_bad_files
+from .images import BadFile, BadImageError, image_size, load_image, warn_bad_files
 from .info import DatasetInfo, compute_normalization
 from .tensor_dataset import TensorImageDataset
 
@@ -30,8 +30,8 @@ class FolderDataset(torch.utils.data.Dataset):
     ``transform`` is set by the loader (train or eval pipeline). Items may be addressed as
     ``index`` or ``(index, seed)``; with a seed the sample's random augmentation is drawn from a
     generator seeded with it, so the result does not depend on which worker decodes it.
-    A file that fails to decode yields ``None`` (after a warning naming it); the loader's
-    collate function drops it and records it in ``bad_files``.
+    A file that fails to decode yields a :class:`BadFile`; the loader drops it from the batch,
+    warns naming it and records it in ``bad_files``.
     """
 
     def __init__(self, root: Path, samples: list[tuple[str, int]], info: DatasetInfo,
@@ -52,9 +52,9 @@ class FolderDataset(torch.utils.data.Dataset):
         try:
             img = load_image(path)
         except (BadImageError, FileNotFoundError) as exc:
-            reason = exc.reason if isinstance(exc, BadImageError) else str(exc)
-            warnings.warn(f"skipping {path}: {reason}", BadImageWarning, stacklevel=2)
-            return BadFile(path, reason)
+            # Returned, not raised: one bad file must not kill a DataLoader worker. The loader
+            # warns in the main process (a worker's warnings would not reach the user's filters).
+            return BadFile(path, exc.reason if isinstance(exc, BadImageError) else str(exc))
         if self.transform is None:
             return img, label
         if seed is None:
