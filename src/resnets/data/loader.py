@@ -108,8 +108,13 @@ class BatchLoader(_Position):
         std = torch.tensor(self.info.std, dtype=torch.float32) * scale
         if not normalize:
             mean, std = torch.zeros(3), torch.full((3,), scale)
-        self._shift = mean.view(1, 3, 1, 1).to(self.device)
-        self._inv_scale = (1.0 / std).view(1, 3, 1, 1).to(self.device)
+        self._shift = mean.view(1, 3, 1, 1).to(self.device, dtype)
+        self._inv_scale = (1.0 / std).view(1, 3, 1, 1).to(self.device, dtype)
+        wp = self.width + 2 * self.crop_padding
+        ys = torch.arange(self.height, device=self.device).view(-1, 1) * wp
+        xs = torch.arange(self.width, device=self.device)
+        self._window = (ys + xs).unsqueeze(0)
+        self._window_flipped = (ys + xs.flip(0)).unsqueeze(0)
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -128,16 +133,14 @@ class BatchLoader(_Position):
         return {k: v[batch.lo:batch.hi].to(self.device, non_blocking=True) for k, v in draws.items()}
 
     def _augment(self, idx: torch.Tensor, d: dict[str, torch.Tensor]) -> torch.Tensor:
-        h, w = self.height, self.width
         padded = self.images.index_select(0, idx)  # (B, C, H+2p, W+2p); index_select beats [idx] 2x on CPU
         b, c, hp, wp = padded.shape
-        ar_h = torch.arange(h, device=self.device)
-        ar_w = torch.arange(w, device=self.device)
-        rows = d["dy"][:, None] + ar_h                                    # (B, H)
-        cols_fwd = d["dx"][:, None] + ar_w
-        cols = torch.where(d["flip"][:, None], d["dx"][:, None] + (w - 1 - ar_w), cols_fwd) if self.flip else cols_fwd
-        flat = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
-        return padded.view(b, c, hp * wp).gather(2, flat).view(b, c, h, w)
+        # Offsets of a crop's pixels inside a padded image, for unflipped and flipped crops; a
+        # crop at (dy, dx) adds dy * wp + dx. One gather then does crop and flip for the batch.
+        start = (d["dy"] * wp + d["dx"]).view(b, 1, 1)
+        window = torch.where(d["flip"].view(b, 1, 1), self._window_flipped, self._window) if self.flip else self._window
+        flat = (start + window).view(b, 1, self.height * self.width).expand(b, c, self.height * self.width)
+        return padded.view(b, c, hp * wp).gather(2, flat).view(b, c, self.height, self.width)
 
     def _cutout(self, x: torch.Tensor, d: dict[str, torch.Tensor]) -> torch.Tensor:
         half = self.cutout // 2
@@ -161,7 +164,7 @@ class BatchLoader(_Position):
                 d, x = None, self.images.index_select(0, idx)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            x = x.to(self.dtype).sub_(self._shift.to(self.dtype)).mul_(self._inv_scale.to(self.dtype))
+            x = x.to(self.dtype).sub_(self._shift).mul_(self._inv_scale)
             if d is not None and self.cutout:
                 x = self._cutout(x, d)
             y = self.labels[idx]
