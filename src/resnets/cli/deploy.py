@@ -1,0 +1,394 @@
+"""``resnets export | quantize | prune | explain | bench infer``: deployment commands over
+:mod:`resnets.deploy`.
+
+Every command takes ``--model NAME`` and optionally ``--weights FILE``. Input normalisation is
+taken from, in order: ``--mean/--std``, the weights' metadata, or the per-channel statistics of
+the real images the command reads (CIFAR's own, never ImageNet's).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import UsageError
+
+SUFFIX_FORMATS = {".onnx": "onnx", ".pt2": "pt2", ".pt": "torchscript", ".ts": "torchscript"}
+
+
+def _say(args, message: str) -> None:
+    # With --json, stdout carries only the JSON document; progress goes to stderr.
+    print(message, file=sys.stderr if getattr(args, "json", False) else sys.stdout)
+
+
+def _loaded(args):
+    from ..deploy.weights import load_model
+
+    return load_model(args.model, args.weights, getattr(args, "num_classes", None))
+
+
+def _data_dir(args) -> Path:
+    from ..deploy.data import default_data_dir
+
+    path = Path(args.data) if args.data else default_data_dir()
+    if path is None or not path.is_dir():
+        raise UsageError("no image folder: pass --data DIR (<DIR>/<class>/<image>) or set RESNETS_DATA")
+    return path
+
+
+def _normalization(args, loaded, images: torch.Tensor | None, what: str):
+    from ..deploy.data import channel_stats
+
+    if args.mean or args.std:
+        if not (args.mean and args.std) or len(args.mean) != 3 or len(args.std) != 3:
+            raise UsageError("--mean and --std take three values each (R G B, pixels in [0, 1])")
+        return tuple(args.mean), tuple(args.std), "--mean/--std"
+    if loaded.mean and loaded.std:
+        return loaded.mean, loaded.std, "the weights' metadata"
+    if images is None:
+        raise UsageError("no normalisation known: pass --mean/--std or weights with metadata")
+    mean, std = channel_stats(images)
+    return mean, std, f"statistics of the {len(images)} {what}"
+
+
+def _samples(args, loaded, n_train: int, n_val: int):
+    """Normalised (train, train labels, val, val labels) tensors and a line saying where from."""
+    from ..deploy.data import load_samples, normalize, split_folder, take_balanced
+
+    split = split_folder(_data_dir(args), val_per_class=args.val_per_class)
+    size = loaded.input_size[1:]
+    train_u8, train_y = load_samples(take_balanced(split.train, n_train, seed=0), size)
+    val_u8, val_y = load_samples(take_balanced(split.val, n_val, seed=1), size) if n_val else (None, None)
+    mean, std, source = _normalization(args, loaded, train_u8, "training images")
+    train = normalize(train_u8, mean, std)
+    val = normalize(val_u8, mean, std) if val_u8 is not None else None
+    return train, train_y, val, val_y, f"mean/std from {source}"
+
+
+def _latency_ms(model, size, iters: int = 10) -> float:
+    import statistics
+
+    x = torch.randn(1, *size)
+    times = []
+    with torch.no_grad():
+        model(x)
+        for _ in range(iters):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+# ---- export -----------------------------------------------------------------------------------
+
+def run_export(args) -> int:
+    from ..deploy.data import load_samples, normalize, split_folder, take_balanced
+    from ..deploy.export import compare, export, load_exported
+
+    loaded = _loaded(args)
+    fmt = args.format or SUFFIX_FORMATS.get(Path(args.out).suffix)
+    if fmt is None:
+        raise UsageError(f"cannot tell the format from {args.out!r}; pass --format onnx|torchscript|pt2")
+    size = loaded.input_size
+    if args.size:
+        size = (size[0], args.size, args.size)
+    example = torch.randn(2, *size)
+    out = export(loaded.model, example, args.out, fmt, dynamic_batch=not args.static_batch)
+    result = {"model": loaded.name, "format": fmt, "out": str(out), "bytes": out.stat().st_size,
+              "dynamic_batch": not args.static_batch}
+    _say(args, f"wrote {out} ({fmt}, {out.stat().st_size / 1e6:.1f} MB, "
+               f"{'dynamic' if not args.static_batch else 'static'} batch)")
+    if fmt == "onnx" and args.check:
+        from ..deploy.data import default_data_dir
+
+        data = Path(args.data) if args.data else default_data_dir()
+        if data is not None and data.is_dir():
+            split = split_folder(data, val_per_class=args.val_per_class)
+            images, _ = load_samples(take_balanced(split.val, args.check_images, seed=1), size[1:])
+            mean, std, source = _normalization(args, loaded, images, "check images")
+            inputs, what = normalize(images, mean, std), f"{len(images)} real images from {data} ({source})"
+        else:
+            inputs, what = torch.randn(args.check_images, *size), f"{args.check_images} random inputs (no --data)"
+        # An odd batch size on purpose: the last batch differs, which exercises the dynamic batch.
+        parity = compare(loaded.model, load_exported(out, "onnx"), inputs, batch_size=50 if not args.static_batch else 2)
+        result["onnxruntime_check"] = {**parity.to_dict(), "inputs": what}
+        _say(args, f"onnxruntime vs PyTorch on {what}: max |diff| {parity.max_abs_diff:.3g}, "
+                   f"top-1 agreement {100 * parity.top1_agreement:.2f}%")
+        if parity.top1_agreement < 0.99 or parity.max_abs_diff > args.tolerance:
+            _say(args, f"WARNING: the ONNX model disagrees with PyTorch (tolerance {args.tolerance})")
+            if args.json:
+                print(json.dumps(result, indent=2))
+            return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+# ---- quantize ---------------------------------------------------------------------------------
+
+def run_quantize(args) -> int:
+    from ..deploy.quantize import compare_accuracy, quantize_aware_train, quantize_static
+
+    loaded = _loaded(args)
+    train, train_y, val, val_y, norm = _samples(args, loaded, max(args.calibration, args.qat_images), args.val)
+    _say(args, f"{loaded.name}: {len(train)} calibration / {len(val)} validation images, {norm}")
+    calibration = train[:args.calibration]
+    start = time.perf_counter()
+    if args.qat_epochs:
+        int8 = quantize_aware_train(loaded.model, train, train_y, epochs=args.qat_epochs, lr=args.lr,
+                                    log=lambda m: _say(args, m))
+        method = f"QAT, {args.qat_epochs} epoch(s) on {len(train)} images"
+    else:
+        int8 = quantize_static(loaded.model, calibration)
+        method = f"post-training static, calibrated on {len(calibration)} images"
+    seconds = time.perf_counter() - start
+    report = compare_accuracy(loaded.model, int8, val, val_y, len(calibration))
+    fp32_ms, int8_ms = _latency_ms(loaded.model, loaded.input_size), _latency_ms(int8, loaded.input_size)
+    result = {"model": loaded.name, "method": method, **report.to_dict(), "seconds": seconds,
+              "latency_ms_fp32": fp32_ms, "latency_ms_int8": int8_ms, "max_drop": args.max_drop}
+    _say(args, f"int8 ({method}) in {seconds:.1f} s")
+    _say(args, f"top-1 on {report.images} validation images: fp32 {report.fp32_top1:.2f}% -> int8 "
+               f"{report.int8_top1:.2f}% (drop {report.drop:+.2f} points, agreement {100 * report.agreement:.1f}%)")
+    _say(args, f"latency at batch 1: fp32 {fp32_ms:.2f} ms, int8 {int8_ms:.2f} ms")
+    if args.out:
+        from ..deploy.export import export_torchscript
+
+        path = export_torchscript(int8, val[:2], args.out)
+        result["out"] = str(path)
+        _say(args, f"wrote {path} (TorchScript, int8)")
+    status = 0
+    if report.drop > args.max_drop:
+        banner = "!" * 78
+        print(f"{banner}\nWARNING: int8 accuracy dropped {report.drop:.2f} points, more than --max-drop "
+              f"{args.max_drop}.\nTry more calibration images (--calibration) or QAT (--qat-epochs 1).\n{banner}",
+              file=sys.stderr)
+        status = 3 if args.strict else 0
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return status
+
+
+# ---- prune ------------------------------------------------------------------------------------
+
+def run_prune(args) -> int:
+    from ..deploy.prune import fine_tune, prune_structured, prune_unstructured, sparsity
+    from ..deploy.quantize import accuracy
+    from ..profile import profile
+
+    loaded = _loaded(args)
+    train, train_y, val, val_y, norm = _samples(args, loaded, args.train_images, args.val)
+    _say(args, f"{loaded.name}: {len(train)} fine-tuning / {len(val)} validation images, {norm}")
+    model, size = loaded.model, loaded.input_size
+
+    def measure(m) -> dict:
+        stats = profile(m, size)
+        return {"params": stats.params, "macs": stats.macs, "latency_ms": _latency_ms(m, size),
+                "top1": accuracy(m, val, val_y).top1, "sparsity": sparsity(m)}
+
+    before = measure(model)
+    if args.method == "structured":
+        pruned = prune_structured(model, args.ratio, torch.randn(1, *size))
+    else:
+        pruned = prune_unstructured(model, args.ratio)
+    after_prune = measure(pruned)
+    if args.epochs:
+        fine_tune(pruned, train, train_y, epochs=args.epochs, lr=args.lr,
+                  keep_zeros=args.method == "unstructured", log=lambda m: _say(args, m))
+    after = measure(pruned)
+    result = {"model": loaded.name, "method": args.method, "ratio": args.ratio, "fine_tune_epochs": args.epochs,
+              "before": before, "pruned": after_prune, "after_fine_tune": after}
+    for label, row in (("before", before), ("pruned", after_prune), ("fine-tuned", after)):
+        _say(args, f"{label:>10}: {row['params']:>10,} params {row['macs'] / 1e6:>9.2f}M MACs "
+                   f"{row['latency_ms']:>7.2f} ms  top-1 {row['top1']:.2f}%  sparsity {100 * row['sparsity']:.1f}%")
+    if args.out:
+        out = Path(args.out)
+        if out.suffix == ".safetensors":
+            if args.method == "structured":
+                raise UsageError("structured pruning changes layer shapes: save as .pt2, .onnx or .pt")
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in pruned.state_dict().items()}, str(out),
+                      metadata={"model": json.dumps(loaded.name), **({"mean": json.dumps(loaded.mean),
+                                "std": json.dumps(loaded.std)} if loaded.mean else {})})
+        else:
+            from ..deploy.export import export
+
+            fmt = SUFFIX_FORMATS.get(out.suffix)
+            if fmt is None:
+                raise UsageError(f"--out must end in .safetensors, .pt2, .onnx or .pt; got {out.name}")
+            export(pruned, torch.randn(2, *size), out, fmt)
+        result["out"] = str(out)
+        _say(args, f"wrote {out}")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+# ---- explain ----------------------------------------------------------------------------------
+
+def run_explain(args) -> int:
+    from ..deploy.data import load_images, normalize
+    from ..deploy.gradcam import default_target_layer, grad_cam, save_overlays
+
+    loaded = _loaded(args)
+    paths = [Path(p) for p in args.images]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"image not found: {p}")
+    size = loaded.input_size[1:]
+    layer = args.layer or default_target_layer(loaded.model)
+    stats_images = None
+    if not (args.mean or loaded.mean):
+        if args.data:
+            from ..deploy.data import load_samples, split_folder, take_balanced
+
+            stats_images, _ = load_samples(take_balanced(split_folder(args.data).train, 2000), size)
+        else:
+            stats_images = load_images(paths, size)
+    mean, std, source = _normalization(args, loaded, stats_images, "images")
+    if stats_images is not None and not args.data:
+        _say(args, "note: no --mean/--std, metadata or --data: normalising with the given images' own statistics")
+    written, rows = [], []
+    for start in range(0, len(paths), args.batch_size):
+        chunk = paths[start:start + args.batch_size]
+        images = load_images(chunk, size)
+        heatmaps, classes, logits = grad_cam(loaded.model, normalize(images, mean, std), args.target_class, layer)
+        probs = logits.softmax(1)
+        written += save_overlays(images, heatmaps, args.out, [str(p) for p in chunk], scale=args.scale)
+        for p, c, pr in zip(chunk, classes.tolist(), probs, strict=True):
+            name = loaded.classes[c] if loaded.classes and c < len(loaded.classes) else str(c)
+            rows.append({"image": str(p), "class": c, "class_name": name, "probability": pr[c].item()})
+    for row, path in zip(rows, written, strict=True):
+        row["overlay"] = str(path)
+        _say(args, f"{row['image']}: {row['class_name']} ({100 * row['probability']:.1f}%) -> {path}")
+    _say(args, f"Grad-CAM at {layer}, mean/std from {source}; {len(written)} overlays in {args.out}")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
+# ---- bench infer ------------------------------------------------------------------------------
+
+def run_bench_infer(args) -> int:
+    from ..deploy.bench import VARIANTS, bench_infer
+
+    variants = tuple(args.variants.split(",")) if args.variants else VARIANTS
+    data = args.data or None
+    if data is None:
+        from ..deploy.data import default_data_dir
+
+        data = default_data_dir()
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    rows = bench_infer(args.model, args.size, args.batch, args.iters, args.warmup, variants, data,
+                       log=lambda m: _say(args, m))
+    meta = {"model": args.model, "size": args.size, "batch": args.batch, "iters": args.iters,
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": _cpu_name()}
+    if args.json:
+        print(json.dumps({**meta, "rows": [r.to_dict() for r in rows]}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.model} at {args.size or 'default'} px, {meta['threads']} threads, {meta['cpu']}, "
+                        f"median of {args.iters}")
+    for column in ("variant", "latency b=1 (ms)", "speed-up", f"throughput b={args.batch} (img/s)", "ratio",
+                   "set-up (s)", "note"):
+        table.add_column(column, justify="left" if column in ("variant", "note") else "right")
+    for r in rows:
+        table.add_row(r.variant, f"{r.latency_ms:.1f}", f"{r.latency_speedup:.2f}x", f"{r.throughput:.1f}",
+                      f"{r.throughput_ratio:.2f}x", f"{r.setup_s:.1f}", r.note)
+    Console(width=200).print(table)
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"
+
+
+# ---- parsers ----------------------------------------------------------------------------------
+
+def _common(parser, data: bool = True) -> None:
+    parser.add_argument("--model", help="zoo name (optional when the weights' metadata names it)")
+    parser.add_argument("--weights", help=".safetensors (with metadata) or .pt/.pth state dict")
+    parser.add_argument("--num-classes", type=int, help="classifier size when the weights do not say")
+    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean")
+    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    if data:
+        parser.add_argument("--data", help="image folder <DIR>/<class>/<image> (default: $RESNETS_DATA)")
+        parser.add_argument("--val-per-class", type=int, default=500,
+                            help="validation = the last N images of each class folder (default 500: 45k/5k)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="export to ONNX, TorchScript or PT2 (dynamic batch), checked")
+    _common(p)
+    p.add_argument("--format", choices=["onnx", "torchscript", "pt2"], help="default: from --out's suffix")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--size", type=int, help="input side (default: the model's)")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch dimension")
+    p.add_argument("--no-check", dest="check", action="store_false", help="skip the onnxruntime check")
+    p.add_argument("--check-images", type=int, default=256, help="real images for the ONNX check")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="largest acceptable |logit difference|")
+    p.set_defaults(func=run_export)
+
+    p = subparsers.add_parser("quantize", help="int8 static quantization (or QAT), accuracy before/after")
+    _common(p)
+    p.add_argument("--calibration", type=int, default=512, help="training images for calibration")
+    p.add_argument("--val", type=int, default=2000, help="validation images for the accuracy check")
+    p.add_argument("--max-drop", type=float, default=0.5, help="warn when top-1 drops more (points)")
+    p.add_argument("--strict", action="store_true", help="exit 3 when the drop exceeds --max-drop")
+    p.add_argument("--qat-epochs", type=int, default=0, help="quantization-aware training epochs (0: PTQ)")
+    p.add_argument("--qat-images", type=int, default=0, help="training images for QAT")
+    p.add_argument("--lr", type=float, default=1e-3, help="QAT learning rate")
+    p.add_argument("--out", help="save the int8 model as TorchScript")
+    p.set_defaults(func=run_quantize)
+
+    p = subparsers.add_parser("prune", help="structured or unstructured pruning with a short fine-tune")
+    _common(p)
+    p.add_argument("--method", choices=["structured", "unstructured"], default="structured")
+    p.add_argument("--ratio", type=float, default=0.3, help="fraction of channels / weights removed")
+    p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs over --train-images")
+    p.add_argument("--train-images", type=int, default=5000, help="training images for fine-tuning")
+    p.add_argument("--val", type=int, default=2000, help="validation images")
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak learning rate")
+    p.add_argument("--out", help=".safetensors (unstructured), .pt2, .onnx or .pt")
+    p.set_defaults(func=run_prune)
+
+    p = subparsers.add_parser("explain", help="Grad-CAM heatmap overlays (PNG) for images")
+    _common(p, data=False)
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", required=True, help="folder for the PNG overlays")
+    p.add_argument("--layer", help="module to explain (default: the last stage)")
+    p.add_argument("--class", dest="target_class", type=int, help="explain this class (default: the prediction)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--scale", type=int, default=4, help="enlarge overlays by this factor (32x32 is tiny)")
+    p.add_argument("--data", help="image folder whose statistics normalise the input when nothing else does")
+    p.set_defaults(func=run_explain)
+
+    bench = subparsers.add_parser("bench", help="benchmarks")
+    sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    p = sub.add_parser("infer", help="CPU inference: torchvision eager vs ours eager/channels-last/compiled/int8/ORT")
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--size", type=int, help="input side (default: the model's, 224 for resnet50)")
+    p.add_argument("--batch", type=int, default=32, help="batch size for throughput")
+    p.add_argument("--iters", type=int, default=10, help="timed calls per measurement (median)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls first (compilation happens here)")
+    p.add_argument("--variants", help="comma-separated subset of: torchvision,eager,channels_last,"
+                                      "folded_compiled,int8,onnxruntime")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--data", help="real images for int8 calibration (default: $RESNETS_DATA)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_bench_infer)

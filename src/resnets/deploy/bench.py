@@ -1,0 +1,156 @@
+"""Inference benchmark: torchvision's eager model (the baseline) against our model eager,
+channels-last, BN-folded + compiled, int8 and in onnxruntime, on this machine's CPU.
+
+Latency is the median of ``iters`` timed calls at batch 1; throughput is images per second at
+``batch`` (median call). Each variant gets ``warmup`` untimed calls first; for the compiled one
+those include compilation, reported separately as set-up time.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import create_model, model_entry
+from .fuse import compile_for_cpu, fold_bn, to_channels_last
+
+VARIANTS = ("torchvision", "eager", "channels_last", "folded_compiled", "int8", "onnxruntime")
+
+
+@dataclass
+class BenchRow:
+    variant: str
+    latency_ms: float  # batch 1, median
+    throughput: float  # images/s at the large batch
+    setup_s: float  # building, calibrating, exporting or compiling, and warm-up
+    latency_speedup: float = 1.0  # baseline latency / this latency
+    throughput_ratio: float = 1.0  # this throughput / baseline throughput
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _time(fn: Callable[[], object], iters: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _torchvision_model(name: str) -> nn.Module | None:
+    import torchvision
+
+    try:
+        return torchvision.models.get_model(name, weights=None).eval()
+    except ValueError:
+        return None
+
+
+def _calibration(size: int, n: int, data_dir: str | Path | None) -> tuple[Tensor, str]:
+    """Real images (resized to ``size``, normalised with their own statistics) when a data folder
+    is given, else Gaussian noise; the timing does not depend on which, the int8 accuracy would."""
+    if data_dir is not None and Path(data_dir).is_dir():
+        from .data import channel_stats, load_samples, normalize, split_folder, take_balanced
+
+        split = split_folder(data_dir)
+        images, _ = load_samples(take_balanced(split.train, n), size)
+        mean, std = channel_stats(images)
+        return normalize(images, mean, std), "real images"
+    return torch.randn(n, 3, size, size), "random inputs"
+
+
+def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 32, iters: int = 10,
+                warmup: int = 2, variants: tuple[str, ...] = VARIANTS, data_dir: str | Path | None = None,
+                calibration_images: int = 64, log: Callable[[str], None] | None = None) -> list[BenchRow]:
+    log = log or (lambda _msg: None)
+    entry = model_entry(model)
+    size = size or entry.input_size[1]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    x1, xb = torch.randn(1, 3, size, size), torch.randn(batch, 3, size, size)
+
+    ours = create_model(model).eval()
+    reference = _torchvision_model(model)
+    baseline_note = f"torchvision.models.{model}"
+    if reference is not None:
+        # Same weights in both, so the comparison is of implementations, not of initialisations.
+        ours.load_state_dict(reference.state_dict())
+    else:
+        reference, baseline_note = ours, f"torchvision has no {model}: ours eager is the baseline"
+
+    rows: list[BenchRow] = []
+
+    def measure(variant: str, build: Callable[[], tuple[Callable, str]],
+                convert: Callable[[Tensor], object] = lambda t: t) -> None:
+        """``build`` returns the callable to time and a note for the table."""
+        if variant not in variants:
+            return
+        log(f"{variant}: building")
+        start = time.perf_counter()
+        run, note = build()
+        a, b = convert(x1), convert(xb)
+        with torch.no_grad():
+            # Warm-up of both shapes counts as set-up: it is where torch.compile compiles.
+            for _ in range(warmup):
+                run(a)
+                run(b)
+            setup = time.perf_counter() - start
+            log(f"{variant}: timing (set-up {setup:.1f} s)")
+            latency = _time(lambda: run(a), iters, 0)
+            per_batch = _time(lambda: run(b), iters, 0)
+        rows.append(BenchRow(variant, latency * 1e3, batch / per_batch, setup, note=note))
+        log(f"{variant}: {latency * 1e3:.1f} ms at batch 1, {batch / per_batch:.1f} img/s at batch {batch}")
+
+    def channels_last(t: Tensor) -> Tensor:
+        return t.contiguous(memory_format=torch.channels_last)
+
+    def build_int8():
+        from .quantize import quantize_static
+
+        calibration, source = _calibration(size, calibration_images, data_dir)
+        note = f"FX graph mode, x86 backend, static int8, calibrated on {len(calibration)} {source}"
+        return quantize_static(ours, calibration, batch_size=16), note
+
+    def build_ort():
+        import onnxruntime as ort
+
+        from .export import export_onnx
+
+        path = Path(tempfile.mkdtemp()) / f"{model}.onnx"
+        export_onnx(ours, x1, path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        note = f"onnxruntime {ort.__version__} CPU EP, fp32, all graph optimisations"
+        return (lambda arr: session.run(None, {"input": arr})), note
+
+    measure("torchvision", lambda: (reference, baseline_note))
+    measure("eager", lambda: (ours, "resnets, NCHW"))
+    measure("channels_last", lambda: (to_channels_last(copy.deepcopy(ours)), "NHWC weights and input"),
+            channels_last)
+    measure("folded_compiled", lambda: (compile_for_cpu(to_channels_last(fold_bn(ours))),
+                                        "BN folded, channels-last, inductor with freezing"), channels_last)
+    measure("int8", build_int8)
+    measure("onnxruntime", build_ort, lambda t: t.numpy())
+
+    base = next((r for r in rows if r.variant == "torchvision"), rows[0] if rows else None)
+    for row in rows:
+        row.latency_speedup = base.latency_ms / row.latency_ms
+        row.throughput_ratio = row.throughput / base.throughput
+    return rows
+
