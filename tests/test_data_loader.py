@@ -174,6 +174,18 @@ def test_make_loader_dispatch_and_errors(real, real_folder):
     assert isinstance(make_loader(folder, 8, train=False, num_workers=0, image_size=32), FolderLoader)
 
 
+def test_make_loader_takes_rank_from_the_process_group(real, monkeypatch):
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    loader = make_loader(real, 16, train=False)
+    assert (loader.plan.rank, loader.plan.world_size) == (1, 2)
+    assert torch.equal(torch.cat([y for _, y in loader]), real.labels[150:])
+    assert make_loader(real, 16, train=False, rank=0, world_size=1).plan.world_size == 1  # explicit wins
+
+
 # --- the large-image path ---------------------------------------------------------------------
 
 

@@ -62,6 +62,17 @@ def test_cifar10_archive_from_real_images_round_trips(tmp_path, real_pixels):
     assert test_ds.info.mean == compute_normalization(images[:250])[0]
 
 
+def test_verify_reads_cifar_archives(tmp_path, real_pixels):
+    from resnets.data import verify_folder
+
+    images, labels = real_pixels
+    write_cifar_archive(tmp_path, "cifar10", (images[:200], labels[:200]), (images[200:], labels[200:]), CLASSES)
+    report = verify_folder(tmp_path)
+    assert report["format"] == "cifar10" and report["num_images"] == 200 and report["num_classes"] == 10
+    assert report["splits"]["test"]["images"] == 100 and report["bad_files"] == []
+    assert report["classes"] == dict(zip(CLASSES, labels[:200].bincount(minlength=10).tolist()))
+
+
 def test_cifar100_archive_fine_and_coarse_labels(tmp_path, real_pixels):
     images, labels = real_pixels
     coarse_names = ["vehicle", "animal"]

@@ -320,10 +320,17 @@ class FolderLoader(_Position):
 def make_loader(dataset, batch_size: int, *, train: bool, **kwargs):
     """A BatchLoader for a TensorImageDataset, else a FolderLoader (DataLoader + transforms v2).
 
-    Keyword arguments meant for the other kind of loader are refused with a message naming them.
+    Under an initialised torch.distributed process group, ``rank``/``world_size`` default to the
+    group's, so each rank reads its own part of every batch. Keyword arguments meant for the
+    other kind of loader are refused with a message naming them.
     """
     import inspect
 
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        kwargs.setdefault("rank", dist.get_rank())
+        kwargs.setdefault("world_size", dist.get_world_size())
     cls = BatchLoader if isinstance(dataset, TensorImageDataset) else FolderLoader
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "dataset", "batch_size", "train"}
     unknown = sorted(set(kwargs) - accepted)
