@@ -165,13 +165,19 @@ def test_output_options(real):
 
 def test_make_loader_dispatch_and_errors(real, real_folder):
     assert isinstance(make_loader(real, 8, train=True), BatchLoader)
-    with pytest.raises(TypeError, match="num_workers"):
-        make_loader(real, 8, train=True, num_workers=2)
+    # Options of the other loader are dropped when neutral, refused when they would matter.
+    assert isinstance(make_loader(real, 8, train=True, num_workers=4, mixup_alpha=0.0, image_size=32), BatchLoader)
+    with pytest.raises(TypeError, match="mixup_alpha=0.2"):
+        make_loader(real, 8, train=True, mixup_alpha=0.2)
+    with pytest.raises(TypeError, match="image_size=224"):
+        make_loader(real, 8, train=True, image_size=224)
     ds = TensorImageDataset(torch.zeros((4, 3, 8, 8), dtype=torch.uint8), torch.zeros(4), real.info)
     with pytest.raises(ValueError, match="rank"):
         BatchLoader(ds, 2, train=True, rank=2, world_size=2)
     folder = open_dataset(real_folder, small_images=False)
-    assert isinstance(make_loader(folder, 8, train=False, num_workers=0, image_size=32), FolderLoader)
+    assert isinstance(make_loader(folder, 8, train=False, num_workers=0, image_size=32, crop_padding=4), FolderLoader)
+    with pytest.raises(ValueError, match="random_erasing"):
+        make_loader(folder, 8, train=True, num_workers=0, cutout=16)
 
 
 def test_make_loader_takes_rank_from_the_process_group(real, monkeypatch):

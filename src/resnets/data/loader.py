@@ -176,7 +176,8 @@ class BatchLoader(_Position):
 # --- large images ---------------------------------------------------------------------------
 
 def build_transforms(train: bool, info: DatasetInfo, image_size: int = 224, *, resize_size: int | None = None,
-                     auto_augment: str | None = None, random_erasing: float = 0.0, flip: bool = True):
+                     auto_augment: str | None = None, random_erasing: float = 0.0, flip: bool = True,
+                     normalize: bool = True):
     """torchvision transforms v2 for one PIL image -> normalised float tensor.
 
     Training: RandomResizedCrop + flip (the ImageNet recipe of He et al. 2015, sec. 3.4, as
@@ -198,7 +199,9 @@ def build_transforms(train: bool, info: DatasetInfo, image_size: int = 224, *, r
             raise ValueError(f"auto_augment must be 'randaugment', 'trivialaugment' or None, not {auto_augment!r}")
     else:
         ops += [v2.Resize(resize_size or round(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size)]
-    ops += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(info.mean), list(info.std))]
+    ops += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
+    if normalize:
+        ops.append(v2.Normalize(list(info.mean), list(info.std)))
     if train and random_erasing > 0:
         ops.append(v2.RandomErasing(p=random_erasing))
     return v2.Compose(ops)
@@ -260,13 +263,20 @@ class FolderLoader(_Position):
                  drop_last: bool | None = None, rank: int = 0, world_size: int = 1, num_workers: int | None = None,
                  image_size: int = 224, auto_augment: str | None = None, random_erasing: float = 0.0,
                  mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, flip: bool = True, channels_last: bool = False,
-                 dtype=torch.float32, info: DatasetInfo | None = None, transform=None, pin_memory: bool | None = None):
+                 dtype=torch.float32, info: DatasetInfo | None = None, transform=None, pin_memory: bool | None = None,
+                 crop_padding: int | None = None, cutout: int = 0, normalize: bool = True):
         import os
 
         from .sources import FolderDataset
 
         if not isinstance(dataset, FolderDataset):
             raise TypeError(f"FolderLoader needs a FolderDataset, got {type(dataset).__name__}")
+        # crop_padding is BatchLoader's pad-and-crop; large images are cropped by
+        # RandomResizedCrop instead, so the option is accepted and has no effect here.
+        del crop_padding
+        if cutout:
+            raise ValueError(f"cutout={cutout} is for in-memory small images; for large images use "
+                             "random_erasing=p (RandomErasing, the same idea per sample)")
         self.info = info or dataset.info
         self.train = train
         self.seed = seed
@@ -282,7 +292,8 @@ class FolderLoader(_Position):
         self.bad_files = list(dataset.bad_files)
         view = dataset.subset(range(len(dataset)))  # own copy: the transform is per loader
         view.transform = transform or build_transforms(train, self.info, image_size, auto_augment=auto_augment,
-                                                       random_erasing=random_erasing if train else 0.0, flip=flip)
+                                                       random_erasing=random_erasing if train else 0.0, flip=flip,
+                                                       normalize=normalize)
         self.dataset = view
         workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         self._loader = torch.utils.data.DataLoader(
@@ -321,8 +332,12 @@ def make_loader(dataset, batch_size: int, *, train: bool, **kwargs):
     """A BatchLoader for a TensorImageDataset, else a FolderLoader (DataLoader + transforms v2).
 
     Under an initialised torch.distributed process group, ``rank``/``world_size`` default to the
-    group's, so each rank reads its own part of every batch. Keyword arguments meant for the
-    other kind of loader are refused with a message naming them.
+    group's, so each rank reads its own part of every batch.
+
+    An engine can pass one set of options whatever the dataset: options of the other kind of
+    loader are dropped when they ask for nothing (0, None, False; ``image_size`` equal to the
+    in-memory images' size; ``num_workers`` for in-memory data, which needs none), and refused
+    with a message naming them when they would change the result.
     """
     import inspect
 
@@ -333,7 +348,18 @@ def make_loader(dataset, batch_size: int, *, train: bool, **kwargs):
         kwargs.setdefault("world_size", dist.get_world_size())
     cls = BatchLoader if isinstance(dataset, TensorImageDataset) else FolderLoader
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "dataset", "batch_size", "train"}
+    for key in sorted(set(kwargs) - accepted):
+        value = kwargs[key]
+        neutral = value is None or value is False or (isinstance(value, int | float) and value == 0)
+        if cls is BatchLoader and key == "num_workers":
+            neutral = True
+        if cls is BatchLoader and key == "image_size":
+            size = tuple(dataset.images.shape[2:])
+            neutral = value in (size, list(size)) or (size[0] == size[1] and value == size[0])
+        if neutral:
+            del kwargs[key]
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise TypeError(f"{cls.__name__} does not take {unknown} (it takes {sorted(accepted)})")
+        given = ", ".join(f"{k}={kwargs[k]!r}" for k in unknown)
+        raise TypeError(f"{cls.__name__} ({type(dataset).__name__}) does not take {given}; it takes {sorted(accepted)}")
     return cls(dataset, batch_size, train=train, **kwargs)
