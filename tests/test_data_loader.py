@@ -245,3 +245,55 @@ def test_folder_loader_eval_and_mixup(folder_ds):
         warnings.simplefilter("ignore", BadImageWarning)
         x, y = next(iter(mix))
     assert y.shape == (len(x), 3) and torch.allclose(y.sum(1), torch.ones(len(x)))
+
+
+# --- real processes ---------------------------------------------------------------------------
+
+
+def _ddp_worker(rank: int, world: int, port: int, folder: str, cache_dir: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        ds = open_dataset(folder, cache_dir=cache_dir)
+        loader = make_loader(ds, 16, train=True, seed=11, cutout=4)  # rank and world size from the group
+        loader.set_epoch(2)
+        xs, ys = zip(*list(loader))
+        torch.save({"x": torch.stack(xs), "y": torch.stack(ys)}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_real_processes_match_one(real, real_folder, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cache_dir = tmp_path / "cache"
+    open_dataset(real_folder, cache_dir=cache_dir)  # build the cache once, as rank 0 of a launcher would
+    mp.spawn(_ddp_worker, args=(2, port, str(real_folder), str(cache_dir), str(tmp_path)), nprocs=2)
+    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    single = BatchLoader(real, 32, train=True, seed=11, cutout=4)
+    single.set_epoch(2)
+    for i, (x, y) in enumerate(single):
+        assert torch.equal(torch.cat([parts[0]["x"][i], parts[1]["x"][i]]), x)
+        assert torch.equal(torch.cat([parts[0]["y"][i], parts[1]["y"][i]]), y)
+
+
+@pytest.mark.slow
+def test_paper_split_on_the_whole_shared_folder(cifar_train_dir, tmp_path):
+    from resnets.data import split_train_val
+
+    ds = open_dataset(cifar_train_dir, cache_dir=tmp_path)
+    assert len(ds) == 50000 and ds.class_counts() == [5000] * 10
+    train, val = split_train_val(ds, 5000, seed=0)
+    assert len(train) == 45000 and val.class_counts() == [500] * 10
+    # CIFAR-10's published statistics; the JPEG q75 re-encode moves them by a little.
+    assert max(abs(a - b) for a, b in zip(train.info.mean, (0.4914, 0.4822, 0.4465))) < 0.005
+    assert max(abs(a - b) for a, b in zip(train.info.std, (0.2470, 0.2435, 0.2616))) < 0.005
+    loader = BatchLoader(train, 500, train=True)
+    assert sum(len(y) for _, y in loader) == 45000
