@@ -83,7 +83,7 @@ def create_model(
 
     - ``num_classes`` defaults to the weights' classes, else the family's (10 CIFAR, 1000 ImageNet);
       further keyword arguments go to the builder (``shortcut="B"``, ``zero_init_last=True``...).
-    - ``weights``: a ``.safetensors`` file of ours (its metadata rebuilds the architecture and
+    - ``weights``: the tag of shipped weights (``"cifar10"``, see :mod:`resnets.pretrained`), a ``.safetensors`` file of ours (its metadata rebuilds the architecture and
       carries classes and normalisation), a torchvision or timm ``.pth`` state_dict, or a training
       checkpoint. Loading is strict; a different ``num_classes`` re-initialises the classifier and a
       different ``in_chans`` adapts the first convolution, and a warning says so. The weights'
@@ -94,9 +94,10 @@ def create_model(
     entry = model_entry(name)
     state, meta, source_classes = None, {}, None
     if weights is not None:
+        from .pretrained import resolve
         from .transfer.weights import WeightsError, read_weights
 
-        state, meta = read_weights(weights)
+        state, meta = read_weights(resolve(name, weights))
         if meta.get("model") and meta["model"] != name:
             raise WeightsError(f"{weights} holds weights for {meta['model']!r}, not {name!r}")
         saved_kwargs = {k: v for k, v in (meta.get("model_kwargs") or {}).items()

@@ -1,0 +1,36 @@
+"""``resnets study degradation``: plain vs residual networks on one schedule (He et al. 2015, Fig. 6)."""
+
+from __future__ import annotations
+
+import os
+
+
+def run_degradation(args) -> int:
+    from ..study import degradation_study
+
+    data = args.data or os.environ.get("RESNETS_DATA")
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    result = degradation_study(
+        data, args.out, models=models, epochs=args.epochs, limit=args.limit, full=args.full,
+        grad_every=args.grad_every, seed=args.seed,
+    )
+    print(result.report.read_text())
+    print(f"figures: {', '.join(str(p) for p in result.figures)}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("study", help="experiments: the degradation problem")
+    studies = parser.add_subparsers(dest="study", metavar="STUDY", required=True)
+    deg = studies.add_parser(
+        "degradation", help="train plain20/56 and resnet20/56 on one schedule; curves, gradient norms, report"
+    )
+    deg.add_argument("--data", help="CIFAR-10 image folder or archive (default: $RESNETS_DATA, else the bundled sample)")
+    deg.add_argument("--out", default="runs/degradation", help="output folder (default: %(default)s)")
+    deg.add_argument("--models", default="plain20,plain56,resnet20,resnet56", help="comma-separated (default: %(default)s)")
+    deg.add_argument("--epochs", type=int, default=6, help="reduced schedule: epochs (default: %(default)s)")
+    deg.add_argument("--limit", type=int, default=10000, help="reduced schedule: training images (default: %(default)s)")
+    deg.add_argument("--full", action="store_true", help="the paper's schedule: 64k iterations on 45k images")
+    deg.add_argument("--grad-every", type=int, default=20, help="record gradient norms every N steps")
+    deg.add_argument("--seed", type=int, default=0)
+    deg.set_defaults(func=run_degradation)

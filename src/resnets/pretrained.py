@@ -1,0 +1,68 @@
+"""Pretrained weights shipped inside the package, in torchvision's spirit: a record per file with
+what is needed to use and to trust it (classes, normalisation, accuracy, the command that made it,
+the file's sha256). ``create_model("resnet20", weights="cifar10")`` resolves through here."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass(frozen=True)
+class WeightsRecord:
+    model: str
+    tag: str  # what users type: weights="cifar10"
+    file: str  # under resnets/assets/weights/
+    sha256: str
+    classes: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    metrics: dict[str, float] = field(default_factory=dict)  # on the 5k validation split
+    command: str = ""  # reproduces the file
+    hardware: str = ""
+    wall_time: str = ""
+
+    @property
+    def path(self) -> Path:
+        return Path(str(files("resnets") / "assets" / "weights" / self.file))
+
+
+# Filled from runs of the project's own recipes; RESULTS.md gives the commands and the timings.
+RECORDS: list[WeightsRecord] = []
+
+
+def available(model: str | None = None) -> list[WeightsRecord]:
+    return [r for r in RECORDS if model is None or r.model == model]
+
+
+def find(model: str, tag: str) -> WeightsRecord:
+    for record in RECORDS:
+        if record.model == model and record.tag == tag:
+            return record
+    tags = [r.tag for r in available(model)]
+    have = f"available for {model}: {', '.join(tags)}" if tags else f"no pretrained weights are shipped for {model} yet"
+    raise FileNotFoundError(f"no weights file {tag!r} and no pretrained weights named {tag!r} for {model}; {have}")
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve(model: str, weights: str | Path) -> Path:
+    """A path for ``weights``: an existing file as is, else a shipped record's verified file."""
+    path = Path(weights)
+    if path.is_file() or path.suffix in (".safetensors", ".pt", ".pth") or "/" in str(weights):
+        return path
+    record = find(model, str(weights))
+    actual = sha256_of(record.path)
+    if actual != record.sha256:
+        raise ValueError(f"shipped weights {record.path} are corrupt: sha256 {actual} != {record.sha256}")
+    return record.path
