@@ -174,6 +174,9 @@ def test_make_loader_dispatch_and_errors(real, real_folder):
     ds = TensorImageDataset(torch.zeros((4, 3, 8, 8), dtype=torch.uint8), torch.zeros(4), real.info)
     with pytest.raises(ValueError, match="rank"):
         BatchLoader(ds, 2, train=True, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="exceeds the 4 training images"):
+        BatchLoader(ds, 4, train=True, world_size=2)
+    assert len(BatchLoader(ds, 4, train=True, world_size=2, drop_last=False)) == 1
     folder = open_dataset(real_folder, small_images=False)
     assert isinstance(make_loader(folder, 8, train=False, num_workers=0, image_size=32, crop_padding=4), FolderLoader)
     with pytest.raises(ValueError, match="random_erasing"):

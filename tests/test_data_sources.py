@@ -140,6 +140,9 @@ def test_download_offline_says_where_to_put_the_files(tmp_path, monkeypatch):
         open_dataset(tmp_path / "mydata", download=True)
     with pytest.raises(FileNotFoundError, match="--download"):
         open_dataset(tmp_path / "cifar100")
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")
+    with pytest.raises(ValueError, match="extract it"):
+        open_dataset(tmp_path / "cifar-10-python.tar.gz")
 
 
 # --- image folders ----------------------------------------------------------------------------

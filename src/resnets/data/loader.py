@@ -18,6 +18,13 @@ from .order import BatchPlan, derive_seed, generator
 from .tensor_dataset import TensorImageDataset
 
 
+def _check_not_empty(plan: BatchPlan) -> None:
+    if plan.train and plan.drop_last and plan.n > 0 and len(plan) == 0:
+        raise ValueError(
+            f"batch_size {plan.batch_size} x world_size {plan.world_size} exceeds the {plan.n} training images: "
+            "with drop_last every epoch would be empty; use a smaller batch or drop_last=False")
+
+
 class _Position:
     """Epoch/batch bookkeeping shared by both loaders.
 
@@ -96,6 +103,7 @@ class BatchLoader(_Position):
         self.plan = BatchPlan(len(dataset), batch_size, train, train if drop_last is None else drop_last,
                               seed, rank, world_size)
         self.batch_size = batch_size
+        _check_not_empty(self.plan)
         self._init_position()
         # The whole set lives on the device once; padding it once makes every crop a plain gather.
         images = dataset.images.to(self.device)
@@ -286,6 +294,7 @@ class FolderLoader(_Position):
         self.batch_size = batch_size
         self.plan = BatchPlan(len(dataset), batch_size, train, train if drop_last is None else drop_last,
                               seed, rank, world_size)
+        _check_not_empty(self.plan)
         self._init_position()
         self.rank = rank
         self.mixer = _batch_mixer(len(self.info.classes), mixup_alpha, cutmix_alpha) if train else None

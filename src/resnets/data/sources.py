@@ -225,6 +225,11 @@ def open_dataset(path, *, split: str = "train", download: bool = False, strict: 
     if cifar is not None:
         kind, folder = cifar
         return open_cifar(folder, kind, split, label_set)
+    if path.is_file():
+        if path.name.endswith((".tar.gz", ".tgz")):
+            raise ValueError(f"{path} is an archive: extract it (tar xzf {path.name}) and pass the folder, "
+                             "or pass the folder that holds it with --download to have it checked and extracted")
+        raise ValueError(f"{path} is a file; expected a CIFAR archive folder or an image folder DIR/<class>/<image>")
     if not path.exists():
         hint = " (pass download=True / --download to fetch CIFAR there)" if _cifar_kind_from_name(path) else ""
         raise FileNotFoundError(f"dataset not found: {path}{hint}")
