@@ -27,7 +27,7 @@ def _config(data, out, name):
         f"data.path={data}", "data.val_size=24", f"out_dir={out}", f"name={name}", "train.batch_size=32",
         "train.epochs=2", "train.freeze_bn=true", "model.kwargs={zero_init_last: true}", "optim.lr=0.02",
         "train.label_smoothing=0.1", "train.progress=false", "train.tensorboard=false", "train.plots=false",
-        "train.workers_threads=1", "train.device=cpu"])
+        "train.threads=1", "train.device=cpu"])
 
 
 def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:

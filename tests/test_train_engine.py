@@ -161,3 +161,16 @@ def test_checkpoint_loading_refuses_pickled_code(tmp_path):
     torch.save({"model": {}, "x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(Exception, match="not a readable resnets checkpoint"):
         load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_out_of_memory_and_batch_of_one_are_explained(subset, tmp_path):
+    def oom_at_2(info):
+        if info.step == 2:
+            def hook(module, args):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            info.model.register_forward_pre_hook(hook)
+
+    with pytest.raises(TrainingError, match=r"out of memory at step 3 .* train.accumulate=2"):
+        train(base(subset, tmp_path, "name=oom"), callbacks=[oom_at_2])
+    with pytest.raises(TrainingError, match="batches of one image"):
+        train(base(subset, tmp_path, "name=one", "train.batch_size=2", "train.accumulate=2"))

@@ -84,7 +84,7 @@ class TrainConfig:
     skip_nonfinite: bool = False  # skip a batch whose loss is NaN/inf instead of stopping
     sync_bn: bool = False  # SyncBatchNorm across processes (GPU only)
     freeze_bn: bool = False  # keep BatchNorm in eval mode (running statistics frozen; affine still trains)
-    workers_threads: int = 0  # torch intra-op threads; 0: torch's default
+    threads: int = 0  # torch intra-op threads for this run (restored after); 0: torch's default
     progress: bool = True  # rich progress bar per epoch
     tensorboard: bool = True
     plots: bool = True

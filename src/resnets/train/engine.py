@@ -201,6 +201,14 @@ def train(
     ``resume``: a run directory; training continues from its ``last.pt`` with its saved config
     (``overrides`` still apply, e.g. a longer ``train.epochs``).
     """
+    threads = torch.get_num_threads()
+    try:
+        return _train(config, overrides, resume, callbacks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config, overrides, resume, callbacks) -> TrainResult:
     # ---- configuration and processes -------------------------------------------------------------
     ckpt = None
     if resume is not None:
@@ -219,8 +227,8 @@ def train(
     t = cfg.train
     rank, world, local_rank = _setup_distributed(t.device)
     device = select_device(t.device, local_rank)
-    if t.workers_threads:
-        torch.set_num_threads(t.workers_threads)
+    if t.threads:
+        torch.set_num_threads(t.threads)
     if resume is None:
         run_dir = _broadcast(_new_run_dir(cfg) if rank == 0 else None, world)
     is_main = rank == 0
@@ -419,8 +427,8 @@ def train(
                     if step >= total_steps:
                         break
 
-                # ---- end of epoch: validation, metrics, checkpoints ----
-                resume_at = batches
+                # ---- end of epoch (or of training, possibly mid-epoch): validation, metrics, checkpoints ----
+                resume_at = batch_index if step >= total_steps else batches
                 reporter.end_epoch()
                 loss_sum, correct, n = _all_sum([stats["loss"], stats["correct"], stats["n"]], device, world)
                 row = {"epoch": epoch + 1, "step": step, "lr": schedule.lr(max(step - 1, 0)),
@@ -440,8 +448,8 @@ def train(
                     best = metric
                 reporter.epoch_row(row, improved=improved, best_metric=t.best_metric)
                 if improved:
-                    checkpoint("best.pt", epoch, batches)
-                checkpoint("last.pt", epoch, batches)
+                    checkpoint("best.pt", epoch, resume_at)
+                checkpoint("last.pt", epoch, resume_at)
                 if step >= total_steps:
                     break
         except KeyboardInterrupt:

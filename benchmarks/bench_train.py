@@ -1,0 +1,120 @@
+"""Training throughput of ResNet-20 on CIFAR-10, batch 128: the resnets engine against a
+torchvision-style reference loop (ImageFolder + DataLoader + per-sample transforms + eager step),
+measured in the same run, plus the fraction of this machine's fp32 matmul rate the engine reaches.
+
+    python benchmarks/bench_train.py --data /work/shared/datasets/cifar10-jpeg/train [--steps 40] [--device cpu]
+
+Training FLOPs per image are taken as 3 x forward (forward, plus backward for activations and for
+weights), forward FLOPs = 2 x MACs from ``resnets.profile``. A benchmark, not a test: numbers depend
+on the machine and on what else runs on it (the load average is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+import resnets
+
+
+def matmul_rate(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    """Measured fp32 FLOP/s of an n x n matrix product (the machine's practical peak)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - t)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def engine_rate(data: str, steps: int, device: str, out: str) -> tuple[float, dict]:
+    """img/s of resnets.train over `steps` steps (the loop's own timer: data + step, no validation)."""
+    from resnets.train import train
+
+    result = train(None, overrides=[
+        f"data.path={data}", "data.val_size=0", f"train.steps={steps}", "train.batch_size=128",
+        f"train.device={device}", "optim.lr=0.1", "schedule.name=constant", f"out_dir={out}", "name=engine",
+        "train.progress=false", "train.tensorboard=false", "train.plots=false"])
+    row = result.history[-1]
+    return row["img_per_s"], row
+
+
+def reference_rate(data: str, steps: int, device: torch.device, warmup: int = 3) -> float:
+    """The loop of torchvision's reference scripts and most tutorials, on the same images."""
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([
+        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    ])
+    ds = datasets.ImageFolder(data, transform=tf)
+    loader = torch.utils.data.DataLoader(ds, batch_size=128, shuffle=True, drop_last=True,
+                                         num_workers=min(4, os.cpu_count() or 1), persistent_workers=True,
+                                         pin_memory=device.type == "cuda")
+    torch.manual_seed(0)
+    model = resnets.create_model("resnet20").to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    model.train()
+    it = iter(loader)
+    n = 0
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            t = time.perf_counter()
+        x, y = next(it)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss.item()  # as the usual logging does: one sync per step
+        n += len(y) if i >= warmup else 0
+    _sync(device)
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=os.environ.get("RESNETS_DATA", "/work/shared/datasets/cifar10-jpeg/train"))
+    parser.add_argument("--steps", type=int, default=40, help="timed steps of 128 images for each loop")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    model = resnets.create_model("resnet20")
+    macs = resnets.profile(model, 32).macs
+    train_flops = 3 * 2 * macs  # per image
+    peak = matmul_rate(device)
+    print(f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"resnet20: {macs / 1e6:.1f}M MACs/img forward -> {train_flops / 1e9:.3f} GFLOP/img training; "
+          f"measured fp32 matmul rate {peak / 1e9:.1f} GFLOP/s")
+
+    t = time.perf_counter()
+    ref = reference_rate(args.data, args.steps, device)
+    print(f"reference (ImageFolder + DataLoader + per-sample transforms): {ref:.1f} img/s "
+          f"({time.perf_counter() - t:.0f}s incl. setup)")
+    with tempfile.TemporaryDirectory() as out:
+        t = time.perf_counter()
+        eng, row = engine_rate(args.data, args.steps, args.device, out)
+    print(f"resnets engine (uint8 tensors on device, whole-batch augmentation): {eng:.1f} img/s "
+          f"({time.perf_counter() - t:.0f}s incl. dataset open/decode, cached after the first run)")
+    print(f"engine / reference = {eng / ref:.2f}x; engine reaches {eng * train_flops / peak:.1%} of the fp32 "
+          f"matmul rate (reference {ref * train_flops / peak:.1%})")
+
+
+if __name__ == "__main__":
+    main()
