@@ -163,6 +163,19 @@ def test_output_options(real):
     assert torch.allclose(x, real.images[:8].float() / 255)
 
 
+def test_cpu_threads_are_restored_between_batches(real):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = [torch.get_num_threads() for _ in BatchLoader(real, 64, train=True, cpu_threads=1)]
+        assert seen == [2] * 4 and torch.get_num_threads() == 2  # the caller's setting, in and after the loop
+        a = torch.cat([x for x, _ in BatchLoader(real, 64, train=True, cpu_threads=1)])
+        b = torch.cat([x for x, _ in BatchLoader(real, 64, train=True, cpu_threads=None)])
+        assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_make_loader_dispatch_and_errors(real, real_folder):
     assert isinstance(make_loader(real, 8, train=True), BatchLoader)
     # Options of the other loader are dropped when neutral, refused when they would matter.
