@@ -174,3 +174,26 @@ def test_out_of_memory_and_batch_of_one_are_explained(subset, tmp_path):
         train(base(subset, tmp_path, "name=oom"), callbacks=[oom_at_2])
     with pytest.raises(TrainingError, match="batches of one image"):
         train(base(subset, tmp_path, "name=one", "train.batch_size=2", "train.accumulate=2"))
+
+
+def test_gradient_accumulation_matches_the_full_batch(subset, tmp_path):
+    # Same 16 images per optimizer step either way; augmentation off (its draws depend on the loader's
+    # batch size) and BN frozen (batch statistics of 8 differ from those of 16), so only float rounding differs.
+    common = ("train.epochs=1", "data.crop_padding=0", "data.flip=false", "train.freeze_bn=true",
+              "train.ema_decay=0", "model.kwargs={zero_init_last: true}")
+    one = train(base(subset, tmp_path, "name=acc1", *common))
+    two = train(base(subset, tmp_path, "name=acc2", "train.accumulate=2", *common))
+    assert one.metrics["step"] == two.metrics["step"] == 6
+    a, b = weights(one.run_dir), weights(two.run_dir)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_checkpoints_its_scaler(subset, tmp_path, precision):
+    result = train(base(subset, tmp_path, f"name={precision}", f"train.precision={precision}", "train.steps=2",
+                        "train.channels_last=true"))
+    assert result.metrics["step"] == 2 and math.isfinite(result.metrics["train_loss"])
+    scaler = load_checkpoint(result.run_dir / "last.pt")["scaler"]
+    assert (scaler is not None) == (precision == "fp16")

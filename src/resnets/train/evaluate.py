@@ -42,6 +42,24 @@ def _normalise(x_uint8: torch.Tensor, meta: dict, device) -> torch.Tensor:
     return (x_uint8.to(device, torch.float32) / 255 - mean) / std
 
 
+def _batches(ds, meta: dict, batch_size: int, device):
+    """Normalised evaluation batches with the weights' preprocessing (not the evaluation set's)."""
+    from ..data import DatasetInfo, TensorImageDataset, make_loader
+
+    size = tuple(meta.get("image_size", [3, 32, 32]))[-2:]
+    if isinstance(ds, TensorImageDataset):  # small images in memory: resize only if the size differs
+        for start in range(0, len(ds), batch_size):
+            x = ds.images[start:start + batch_size]
+            if tuple(x.shape[2:]) != size:
+                x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True).round().clamp(0, 255)
+            yield _normalise(x, meta, device), ds.labels[start:start + batch_size]
+        return
+    info = DatasetInfo(classes=list(ds.info.classes), mean=tuple(meta.get("mean", ds.info.mean)),
+                       std=tuple(meta.get("std", ds.info.std)), source=ds.info.source)
+    # Large images: the loader's evaluation transform (resize, centre crop to the model's size).
+    yield from make_loader(ds, batch_size, train=False, device=device, info=info, image_size=size[0])
+
+
 @torch.no_grad()
 def _logits(net: nn.Module, x: torch.Tensor, tta: str | None) -> torch.Tensor:
     out = net(x).float()
@@ -81,13 +99,9 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
     k = len(classes)
     confusion = torch.zeros(k, k, dtype=torch.int64)
     correct5 = 0
-    size = tuple(meta.get("image_size", [3, *ds.images.shape[2:]]))[-2:]
-    for start in range(0, len(ds), batch_size):
-        x = ds.images[start:start + batch_size]
-        if tuple(x.shape[2:]) != size:
-            x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True).round().clamp(0, 255)
-        y = remap[ds.labels[start:start + batch_size]].to(device)
-        logits = _logits(net, _normalise(x, meta, device), tta)
+    for x, y in _batches(ds, meta, batch_size, device):
+        y = remap[y.cpu()].to(device)
+        logits = _logits(net, x, tta)
         pred = logits.argmax(1)
         confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
         correct5 += int((logits.topk(min(5, k), 1).indices == y[:, None]).any(1).sum())
