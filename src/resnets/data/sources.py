@@ -113,6 +113,7 @@ def _open_small(root: Path, classes, samples, listing_bad, strict, cache_dir, wo
         bad = [BadFile(**b) for b in meta["bad_files"]]
         _strict_check(bad, str(root), strict)
         info = DatasetInfo.from_dict(meta["info"])
+        info.source = str(root)  # the key ignores where the folder lives: a copied folder reuses the cache
         return TensorImageDataset(images, labels, info, bad)
 
     results = decode_files([p for p, _ in samples], keep_pixels=True, workers=workers)
