@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def export_torchscript(model: nn.Module, example: Tensor, path: str | Path) -> P
     """TorchScript by tracing: the ResNets have no data-dependent control flow, and tracing keeps
     the batch dimension symbolic (convolutions, pooling and ``flatten(x, 1)`` never read it)."""
     path = Path(path)
-    with torch.no_grad():
+    # torch deprecates TorchScript in favour of torch.export, but C++/mobile runtimes still load it.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=FutureWarning)
         traced = torch.jit.trace(model.eval(), example, check_trace=False)
     traced.save(str(path))
     return path
@@ -93,7 +96,9 @@ def load_exported(path: str | Path, fmt: str):
 
         return run
     if fmt == "torchscript":
-        module = torch.jit.load(str(path), map_location="cpu").eval()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu").eval()
     elif fmt == "pt2":
         module = torch.export.load(str(path)).module()
     else:

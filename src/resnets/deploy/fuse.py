@@ -60,7 +60,4 @@ def to_channels_last(model: nn.Module) -> nn.Module:
 def compile_for_cpu(model: nn.Module, dynamic: bool | None = False):
     """``torch.compile`` with inductor's freezing, which treats the weights as constants so
     convolutions get pre-packed oneDNN weights and constant folding (inference only)."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True
-    return torch.compile(model.eval(), dynamic=dynamic)
+    return torch.compile(model.eval(), dynamic=dynamic, options={"freezing": True})
