@@ -295,7 +295,10 @@ def run_bench_infer(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{args.model} at {args.size or 'default'} px, {meta['threads']} threads, {meta['cpu']}, "
+    from ..registry import model_entry
+
+    side = args.size or model_entry(args.model).input_size[1]
+    table = Table(title=f"{args.model} at {side}x{side}, {meta['threads']} threads, {meta['cpu']}, "
                         f"median of {args.iters}")
     for column in ("variant", "latency b=1 (ms)", "speed-up", f"throughput b={args.batch} (img/s)", "ratio",
                    "set-up (s)", "note"):
