@@ -201,11 +201,13 @@ def train(
     ``resume``: a run directory; training continues from its ``last.pt`` with its saved config
     (``overrides`` still apply, e.g. a longer ``train.epochs``).
     """
-    threads = torch.get_num_threads()
+    threads, had_group = torch.get_num_threads(), dist.is_available() and dist.is_initialized()
     try:
         return _train(config, overrides, resume, callbacks)
     finally:
         torch.set_num_threads(threads)
+        if not had_group and dist.is_available() and dist.is_initialized():  # we started it (torchrun)
+            dist.destroy_process_group()
 
 
 def _train(config, overrides, resume, callbacks) -> TrainResult:
