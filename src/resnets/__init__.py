@@ -4,12 +4,18 @@ from . import models  # noqa: F401  (registers the zoo)
 from .blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from .models import ResNet, cifar_resnet, imagenet_resnet, resnet_v1, resnet_v2, wide_resnet_cifar
 from .profile import Profile, count_params, profile
-from .registry import create_model, list_models, model_entry, register_model
+from .registry import create_model, list_models, load_model, model_entry, register_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BasicBlock", "Bottleneck", "PreActBasicBlock", "PreActBottleneck", "Profile", "ResNet",
-    "cifar_resnet", "count_params", "create_model", "imagenet_resnet", "list_models", "model_entry",
+    "cifar_resnet", "count_params", "create_model", "imagenet_resnet", "list_models", "load_model", "model_entry",
     "profile", "register_model", "resnet_v1", "resnet_v2", "wide_resnet_cifar",
 ]
+
+# Training API (issue 4): resnets.train(config), resnets.evaluate(weights, data), resnets.predict(weights, images).
+# Note: this binds the name `train` to the function; the subpackage stays importable as `from resnets.train import ...`.
+from .train import evaluate, predict, train  # noqa: E402
+
+__all__ += ["evaluate", "predict", "train"]

@@ -126,3 +126,23 @@ def create_model(
 
         return FeatureExtractor(model, out_indices)
     return model
+
+
+def load_model(weights: str, model: str | None = None, **kwargs) -> nn.Module:
+    """Rebuild the model a weights file was made for: its name comes from the file's metadata
+    (or ``model``, which must agree), its architecture arguments and classes too. The model is in
+    eval mode; ``model.pretrained_meta`` holds the metadata (classes, mean, std, metrics...)."""
+    from .transfer.weights import WeightsError, read_weights
+
+    path = str(weights)
+    if model is None:
+        try:
+            _, meta = read_weights(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"weights file not found: {path} (shipped weights are named with a model: --model NAME --weights TAG)"
+            ) from None
+        model = meta.get("model")
+        if not model:
+            raise WeightsError(f"{path} does not say which model it holds; pass the model name (--model NAME)")
+    return create_model(model, weights=path, **kwargs).eval()
