@@ -2,7 +2,9 @@
 
 No trained weights ship yet, so a session fixture trains CIFAR ResNet-8 briefly on a few thousand
 real training images; that is enough for accuracy far above chance (10%), which makes the int8
-accuracy and agreement checks meaningful.
+accuracy and agreement checks meaningful. Images come from the training engine's own split
+(``split_train_val``, 45k/5k, seed 0): the model trains on part of the train side and every
+accuracy is measured on the held-out side.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 import resnets
+from resnets.data import open_dataset, split_train_val
 from resnets.deploy import (
     compare,
     compare_accuracy,
@@ -34,7 +37,7 @@ from resnets.deploy import (
     save_overlays,
     sparsity,
 )
-from resnets.deploy.data import channel_stats, load_samples, normalize, split_folder, take_balanced
+from resnets.deploy.data import normalize, open_split, split_settings, take
 
 TRAIN_IMAGES, VAL_IMAGES, EPOCHS = 2500, 1000, 3
 # Worst int8 result accepted on the 1,000-image validation sample (weakly trained model, so
@@ -55,12 +58,13 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def cifar(cifar_train_dir):
-    split = split_folder(cifar_train_dir)
-    train_u8, train_y = load_samples(take_balanced(split.train, TRAIN_IMAGES, seed=0))
-    val_u8, val_y = load_samples(take_balanced(split.val, VAL_IMAGES, seed=1))
-    mean, std = channel_stats(train_u8)  # CIFAR's own statistics, from the training images
+    split = open_split(cifar_train_dir)  # no recipe: the training engine's defaults
+    assert (split.val_size, split.seed) == (5000, 0) and (len(split.train), len(split.val)) == (45000, 5000)
+    train_u8, train_y = take(split.train, TRAIN_IMAGES, seed=0)
+    val_u8, val_y = take(split.val, VAL_IMAGES, seed=1)
+    mean, std = split.mean, split.std  # CIFAR's own statistics, from the train part, as training computes them
     return {
-        "classes": split.classes, "mean": mean, "std": std, "val_u8": val_u8, "val_paths": split.val,
+        "classes": split.train.info.classes, "mean": mean, "std": std, "val_u8": val_u8,
         "train": normalize(train_u8, mean, std), "train_y": train_y,
         "val": normalize(val_u8, mean, std), "val_y": val_y,
     }
@@ -86,10 +90,11 @@ def trained(cifar):
 
 
 @pytest.fixture(scope="session")
-def zoo_weights(cifar, tmp_path_factory):
+def zoo_weights(cifar, cifar_train_dir, tmp_path_factory):
     """A registered model (resnet20, untrained but with BN statistics measured on real images)
-    saved as the training engine writes weights: safetensors + JSON metadata. It exercises the
-    CLI's plumbing; the trained ResNet-8 above (not a registry name) carries the accuracy tests."""
+    saved as the training engine writes weights: safetensors + JSON metadata, with the recipe's
+    data section (a 4000-image split, seed 1). It exercises the CLI's plumbing; the trained
+    ResNet-8 above (not a registry name) carries the accuracy tests."""
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
@@ -104,7 +109,8 @@ def zoo_weights(cifar, tmp_path_factory):
     model.eval()
     path = tmp_path_factory.mktemp("weights") / "resnet20.safetensors"
     meta = {"model": "resnet20", "model_kwargs": {}, "classes": cifar["classes"],
-            "mean": list(cifar["mean"]), "std": list(cifar["std"]), "image_size": [3, 32, 32]}
+            "mean": list(cifar["mean"]), "std": list(cifar["std"]), "image_size": [3, 32, 32],
+            "recipe": {"data": {"path": str(cifar_train_dir), "val_size": 4000, "split_seed": 1}}}
     save_file(model.state_dict(), str(path), metadata={k: json.dumps(v) for k, v in meta.items()})
     return path, model
 
@@ -264,7 +270,7 @@ def test_grad_cam_batched_heatmaps_and_png_overlays(trained, cifar, tmp_path):
     other = (classes[0] + 1) % 10
     alt, alt_classes, _ = grad_cam(trained, x[:1], target=int(other))
     assert alt_classes.item() == other and not torch.allclose(alt, heatmaps[:1])
-    names = [str(p) for p, _ in cifar["val_paths"][:12]]
+    names = [f"val/{i}.png" for i in range(12)]
     paths = save_overlays(images, heatmaps, tmp_path, names, scale=2)
     assert len({p.name for p in paths}) == 12
     for p in paths:
@@ -292,8 +298,31 @@ def test_load_model_reads_safetensors_metadata_and_prefixed_state_dicts(zoo_weig
         pt = tmp_path / "ddp.pt"
         torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, pt)
         torch.testing.assert_close(load_model("resnet20", pt).model(x), model(x))
-    with pytest.raises(ValueError, match="trained as resnet20"):
+    with pytest.raises(ValueError, match="weights for 'resnet20', not 'resnet32'"):
         load_model("resnet32", path)
+    with pytest.raises(ValueError, match="10-class classifier"):
+        load_model(None, path, num_classes=5)
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        load_model("resnet20", tmp_path / "missing.safetensors")
+
+
+def test_split_is_the_training_engines_and_follows_the_recipe(cifar_train_dir):
+    """Validation images are exactly what ``split_train_val`` holds out for training (so never
+    trained on), with the recipe's val_size/split_seed when the weights record them."""
+    meta = {"recipe": {"data": {"path": str(cifar_train_dir), "val_size": 1000, "split_seed": 3}}}
+    assert split_settings(None)[:3] == (5000, 0, "the training defaults")
+    assert split_settings(meta)[:3] == (1000, 3, "the weights' recipe")
+    assert split_settings(meta, val_size=2000)[:3] == (2000, 3, "--val-size/--split-seed")
+    no_val = split_settings({"recipe": {"data": {"val_size": 0}}})
+    assert no_val[0] == 5000 and "not unseen" in no_val[3][0]
+    split = open_split(cifar_train_dir, meta)
+    train, val = split_train_val(open_dataset(cifar_train_dir), val_size=1000, seed=3)
+    assert torch.equal(split.val.images, val.images) and torch.equal(split.val.labels, val.labels)
+    assert len(split.train) == len(train) == 49000 and split.mean == tuple(train.info.mean)
+    assert not split.notes
+    images, labels = take(split.val, 120, (40, 40), seed=1)
+    assert images.shape == (120, 3, 40, 40) and images.dtype == torch.uint8
+    assert labels.bincount(minlength=10).tolist() == [12] * 10
 
 
 def test_cli_export_onnx_checks_against_pytorch(zoo_weights, cifar, cifar_train_dir, tmp_path, capsys):
@@ -306,7 +335,9 @@ def test_cli_export_onnx_checks_against_pytorch(zoo_weights, cifar, cifar_train_
     result = json.loads(capsys.readouterr().out)
     assert rc == 0 and out.is_file()
     check = result["onnxruntime_check"]
-    assert check["images"] == 120 and "real images" in check["inputs"]
+    assert check["images"] == 120 and "real validation images" in check["inputs"]
+    assert result["split"] == {"data": str(cifar_train_dir), "val_size": 4000, "split_seed": 1,
+                               "from": "the weights' recipe"}
     assert check["max_abs_diff"] < 1e-3 and check["top1_agreement"] == 1.0
     run, model = load_exported(out, "onnx"), zoo_weights[1]
     for n in (1, 7):  # the export's example batch was 2: the batch dimension is dynamic
@@ -314,7 +345,7 @@ def test_cli_export_onnx_checks_against_pytorch(zoo_weights, cifar, cifar_train_
         assert parity.max_abs_diff < 1e-3 and parity.top1_agreement == 1.0
 
 
-def test_cli_quantize_prune_explain(zoo_weights, cifar_train_dir, cifar, tmp_path, capsys):
+def test_cli_quantize_prune_explain(zoo_weights, cifar_train_dir, cifar, tmp_path, capsys, monkeypatch):
     from resnets.cli import main
 
     data = ["--data", str(cifar_train_dir)]
@@ -322,17 +353,24 @@ def test_cli_quantize_prune_explain(zoo_weights, cifar_train_dir, cifar, tmp_pat
     rc = main(["quantize", "--weights", str(weights_file), *data, "--calibration", "128", "--val", "300", "--json"])
     q = json.loads(capsys.readouterr().out)
     assert rc == 0 and q["images"] == 300 and q["calibration_images"] == 128
+    assert q["split"] == {"data": str(cifar_train_dir), "val_size": 4000, "split_seed": 1, "from": "the weights' recipe"}
     # Accuracy is the library test's job (trained model); here the report must be self-consistent.
     assert abs(q["fp32_top1"] - q["int8_top1"] - q["drop"]) < 1e-9 and 0 <= q["agreement"] <= 1
 
-    rc = main(["prune", "--weights", str(weights_file), *data, "--ratio", "0.5", "--epochs", "0",
+    monkeypatch.delenv("RESNETS_DATA", raising=False)  # no --data: the data the recipe names
+    rc = main(["prune", "--weights", str(weights_file), "--val-size", "3000", "--ratio", "0.5", "--epochs", "0",
                "--train-images", "100", "--val", "100", "--json", "--out", str(tmp_path / "p.pt2")])
     p = json.loads(capsys.readouterr().out)
+    assert p["split"] == {"data": str(cifar_train_dir), "val_size": 3000, "split_seed": 1,
+                          "from": "--val-size/--split-seed"}
     assert rc == 0 and p["pruned"]["params"] < p["before"]["params"] and p["pruned"]["macs"] < p["before"]["macs"]
     program = torch.export.load(str(tmp_path / "p.pt2")).module()
     assert program(cifar["val"][:3]).shape == (3, 10)
 
-    images = [str(path) for path, _ in cifar["val_paths"][:3]]
+    images = []
+    for i, pixels in enumerate(cifar["val_u8"][:3]):
+        images.append(str(tmp_path / f"val{i}.png"))
+        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(images[-1])
     rc = main(["explain", "--weights", str(weights_file), *images, "--out", str(tmp_path / "cam"), "--json"])
     rows = json.loads(capsys.readouterr().out)
     assert rc == 0 and len(rows) == 3

@@ -1,9 +1,11 @@
 """``resnets export | quantize | prune | explain | bench infer``: deployment commands over
 :mod:`resnets.deploy`.
 
-Every command takes ``--model NAME`` and optionally ``--weights FILE``. Input normalisation is
-taken from, in order: ``--mean/--std``, the weights' metadata, or the per-channel statistics of
-the real images the command reads (CIFAR's own, never ImageNet's).
+Every command takes ``--model NAME`` and optionally ``--weights FILE``. Real images come from the
+training engine's own train/validation split of ``--data`` (:mod:`resnets.deploy.data`): accuracy
+is measured on the held-out part, calibration and fine-tuning use the train part. Input
+normalisation is taken from, in order: ``--mean/--std``, the weights' metadata, or the statistics
+of the split's train part (CIFAR's own, never ImageNet's).
 """
 
 from __future__ import annotations
@@ -31,42 +33,48 @@ def _loaded(args):
     return load_model(args.model, args.weights, getattr(args, "num_classes", None))
 
 
-def _data_dir(args) -> Path:
-    from ..deploy.data import default_data_dir
+def _split(args, loaded):
+    """The training engine's train/validation split of the data (see :mod:`resnets.deploy.data`)."""
+    from ..deploy.data import data_dir, open_split
 
-    path = Path(args.data) if args.data else default_data_dir()
-    if path is None or not path.is_dir():
-        raise UsageError("no image folder: pass --data DIR (<DIR>/<class>/<image>) or set RESNETS_DATA")
-    return path
+    root = data_dir(args.data, loaded.metadata)
+    if root is None:
+        raise UsageError("no images: pass --data DIR (an image folder <DIR>/<class>/<image> or a CIFAR archive "
+                         "folder) or set RESNETS_DATA")
+    split = open_split(root, loaded.metadata, getattr(args, "val_size", None), getattr(args, "split_seed", None))
+    for note in split.notes:
+        _say(args, f"note: {note}")
+    return split
 
 
-def _normalization(args, loaded, images: torch.Tensor | None, what: str):
-    from ..deploy.data import channel_stats
-
+def _normalization(args, loaded, fallback=None):
+    """(mean, std, where from): --mean/--std, else the weights' metadata, else ``fallback``."""
     if args.mean or args.std:
         if not (args.mean and args.std) or len(args.mean) != 3 or len(args.std) != 3:
             raise UsageError("--mean and --std take three values each (R G B, pixels in [0, 1])")
         return tuple(args.mean), tuple(args.std), "--mean/--std"
     if loaded.mean and loaded.std:
         return loaded.mean, loaded.std, "the weights' metadata"
-    if images is None:
+    if fallback is None:
         raise UsageError("no normalisation known: pass --mean/--std or weights with metadata")
-    mean, std = channel_stats(images)
-    return mean, std, f"statistics of the {len(images)} {what}"
+    return fallback
+
+
+def _split_normalization(args, loaded, split):
+    return _normalization(args, loaded, (split.mean, split.std, f"the training part of {split.root}"))
 
 
 def _samples(args, loaded, n_train: int, n_val: int):
-    """Normalised (train, train labels, val, val labels) tensors and a line saying where from."""
-    from ..deploy.data import load_samples, normalize, split_folder, take_balanced
+    """Normalised (train, train labels, val, val labels) tensors, the split, and a line saying where from."""
+    from ..deploy.data import normalize, take
 
-    split = split_folder(_data_dir(args), val_per_class=args.val_per_class)
+    split = _split(args, loaded)
     size = loaded.input_size[1:]
-    train_u8, train_y = load_samples(take_balanced(split.train, n_train, seed=0), size)
-    val_u8, val_y = load_samples(take_balanced(split.val, n_val, seed=1), size) if n_val else (None, None)
-    mean, std, source = _normalization(args, loaded, train_u8, "training images")
-    train = normalize(train_u8, mean, std)
-    val = normalize(val_u8, mean, std) if val_u8 is not None else None
-    return train, train_y, val, val_y, f"mean/std from {source}"
+    mean, std, source = _split_normalization(args, loaded, split)
+    train_u8, train_y = take(split.train, n_train, size, seed=0)
+    val_u8, val_y = take(split.val, n_val, size, seed=1)
+    return (normalize(train_u8, mean, std), train_y, normalize(val_u8, mean, std), val_y, split,
+            f"mean/std from {source}; {split.describe()}")
 
 
 def _latency_ms(model, size, iters: int = 10) -> float:
@@ -86,7 +94,6 @@ def _latency_ms(model, size, iters: int = 10) -> float:
 # ---- export -----------------------------------------------------------------------------------
 
 def run_export(args) -> int:
-    from ..deploy.data import load_samples, normalize, split_folder, take_balanced
     from ..deploy.export import compare, export, load_exported
 
     loaded = _loaded(args)
@@ -103,14 +110,15 @@ def run_export(args) -> int:
     _say(args, f"wrote {out} ({fmt}, {out.stat().st_size / 1e6:.1f} MB, "
                f"{'dynamic' if not args.static_batch else 'static'} batch)")
     if fmt == "onnx" and args.check:
-        from ..deploy.data import default_data_dir
+        from ..deploy.data import data_dir, normalize, take
 
-        data = Path(args.data) if args.data else default_data_dir()
-        if data is not None and data.is_dir():
-            split = split_folder(data, val_per_class=args.val_per_class)
-            images, _ = load_samples(take_balanced(split.val, args.check_images, seed=1), size[1:])
-            mean, std, source = _normalization(args, loaded, images, "check images")
-            inputs, what = normalize(images, mean, std), f"{len(images)} real images from {data} ({source})"
+        if data_dir(args.data, loaded.metadata) is not None:
+            split = _split(args, loaded)
+            images, _ = take(split.val, args.check_images, size[1:], seed=1)
+            mean, std, source = _split_normalization(args, loaded, split)
+            inputs = normalize(images, mean, std)
+            what = f"{len(images)} real validation images from {split.root} (mean/std from {source})"
+            result["split"] = split.to_dict()
         else:
             inputs, what = torch.randn(args.check_images, *size), f"{args.check_images} random inputs (no --data)"
         if args.static_batch:  # the file accepts only the example's batch of 2
@@ -136,7 +144,8 @@ def run_quantize(args) -> int:
     from ..deploy.quantize import compare_accuracy, quantize_aware_train, quantize_static
 
     loaded = _loaded(args)
-    train, train_y, val, val_y, norm = _samples(args, loaded, max(args.calibration, args.qat_images), args.val)
+    calibration_images = max(args.calibration, args.qat_images)
+    train, train_y, val, val_y, split, norm = _samples(args, loaded, calibration_images, args.val)
     _say(args, f"{loaded.name}: {len(train)} calibration / {len(val)} validation images, {norm}")
     calibration = train[:args.calibration]
     start = time.perf_counter()
@@ -151,7 +160,8 @@ def run_quantize(args) -> int:
     report = compare_accuracy(loaded.model, int8, val, val_y, len(calibration))
     fp32_ms, int8_ms = _latency_ms(loaded.model, loaded.input_size), _latency_ms(int8, loaded.input_size)
     result = {"model": loaded.name, "method": method, **report.to_dict(), "seconds": seconds,
-              "latency_ms_fp32": fp32_ms, "latency_ms_int8": int8_ms, "max_drop": args.max_drop}
+              "latency_ms_fp32": fp32_ms, "latency_ms_int8": int8_ms, "max_drop": args.max_drop,
+              "split": split.to_dict()}
     _say(args, f"int8 ({method}) in {seconds:.1f} s")
     _say(args, f"top-1 on {report.images} validation images: fp32 {report.fp32_top1:.2f}% -> int8 "
                f"{report.int8_top1:.2f}% (drop {report.drop:+.2f} points, agreement {100 * report.agreement:.1f}%)")
@@ -182,7 +192,7 @@ def run_prune(args) -> int:
     from ..profile import profile
 
     loaded = _loaded(args)
-    train, train_y, val, val_y, norm = _samples(args, loaded, args.train_images, args.val)
+    train, train_y, val, val_y, split, norm = _samples(args, loaded, args.train_images, args.val)
     _say(args, f"{loaded.name}: {len(train)} fine-tuning / {len(val)} validation images, {norm}")
     model, size = loaded.model, loaded.input_size
 
@@ -202,7 +212,8 @@ def run_prune(args) -> int:
                   keep_zeros=args.method == "unstructured", log=lambda m: _say(args, m))
     after = measure(pruned)
     result = {"model": loaded.name, "method": args.method, "ratio": args.ratio, "fine_tune_epochs": args.epochs,
-              "before": before, "pruned": after_prune, "after_fine_tune": after}
+              "before": before, "pruned": after_prune, "after_fine_tune": after,
+              "split": split.to_dict()}
     for label, row in (("before", before), ("pruned", after_prune), ("fine-tuned", after)):
         _say(args, f"{label:>10}: {row['params']:>10,} params {row['macs'] / 1e6:>9.2f}M MACs "
                    f"{row['latency_ms']:>7.2f} ms  top-1 {row['top1']:.2f}%  sparsity {100 * row['sparsity']:.1f}%")
@@ -233,7 +244,7 @@ def run_prune(args) -> int:
 # ---- explain ----------------------------------------------------------------------------------
 
 def run_explain(args) -> int:
-    from ..deploy.data import load_images, normalize
+    from ..deploy.data import load_files, normalize
     from ..deploy.gradcam import default_target_layer, grad_cam, save_overlays
 
     loaded = _loaded(args)
@@ -243,21 +254,22 @@ def run_explain(args) -> int:
             raise FileNotFoundError(f"image not found: {p}")
     size = loaded.input_size[1:]
     layer = args.layer or default_target_layer(loaded.model)
-    stats_images = None
+    fallback, own = None, None
     if not (args.mean or loaded.mean):
         if args.data:
-            from ..deploy.data import load_samples, split_folder, take_balanced
-
-            stats_images, _ = load_samples(take_balanced(split_folder(args.data).train, 2000), size)
+            split = _split(args, loaded)
+            fallback = (split.mean, split.std, f"the training part of {split.root}")
         else:
-            stats_images = load_images(paths, size)
-    mean, std, source = _normalization(args, loaded, stats_images, "images")
-    if stats_images is not None and not args.data:
-        _say(args, "note: no --mean/--std, metadata or --data: normalising with the given images' own statistics")
+            from ..data import compute_normalization
+
+            own = load_files(paths, size)
+            fallback = (*compute_normalization(own), f"statistics of the {len(own)} images")
+            _say(args, "note: no --mean/--std, metadata or --data: normalising with the given images' own statistics")
+    mean, std, source = _normalization(args, loaded, fallback)
     written, rows = [], []
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start:start + args.batch_size]
-        images = load_images(chunk, size)
+        images = load_files(chunk, size)
         heatmaps, classes, logits = grad_cam(loaded.model, normalize(images, mean, std), args.target_class, layer)
         probs = logits.softmax(1)
         written += save_overlays(images, heatmaps, args.out, [str(p) for p in chunk], scale=args.scale)
@@ -279,11 +291,9 @@ def run_bench_infer(args) -> int:
     from ..deploy.bench import VARIANTS, bench_infer
 
     variants = tuple(args.variants.split(",")) if args.variants else VARIANTS
-    data = args.data or None
-    if data is None:
-        from ..deploy.data import default_data_dir
+    from ..deploy.data import data_dir
 
-        data = default_data_dir()
+    data = data_dir(args.data)
     torch.set_num_threads(args.threads or torch.get_num_threads())
     rows = bench_infer(args.model, args.size, args.batch, args.iters, args.warmup, variants, data,
                        log=lambda m: _say(args, m))
@@ -325,6 +335,8 @@ def _cpu_name() -> str:
 # ---- parsers ----------------------------------------------------------------------------------
 
 def _common(parser, data: bool = True) -> None:
+    from ..train.config import DataConfig  # the training engine's split defaults
+
     parser.add_argument("--model", help="zoo name (optional when the weights' metadata names it)")
     parser.add_argument("--weights", help=".safetensors (with metadata) or .pt/.pth state dict")
     parser.add_argument("--num-classes", type=int, help="classifier size when the weights do not say")
@@ -332,9 +344,14 @@ def _common(parser, data: bool = True) -> None:
     parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     if data:
-        parser.add_argument("--data", help="image folder <DIR>/<class>/<image> (default: $RESNETS_DATA)")
-        parser.add_argument("--val-per-class", type=int, default=500,
-                            help="validation = the last N images of each class folder (default 500: 45k/5k)")
+        parser.add_argument("--data", help="image folder <DIR>/<class>/<image> or CIFAR archive folder (default: "
+                                           "$RESNETS_DATA, else the data the weights' recipe trained on)")
+        parser.add_argument("--val-size", type=int,
+                            help="images the train/validation split holds out, as in training (default: the weights' "
+                                 f"recipe's data.val_size, else {DataConfig.val_size})")
+        parser.add_argument("--split-seed", type=int,
+                            help="seed of the split (default: the weights' recipe's data.split_seed, else "
+                                 f"{DataConfig.split_seed})")
 
 
 def register(subparsers) -> None:
@@ -345,14 +362,15 @@ def register(subparsers) -> None:
     p.add_argument("--size", type=int, help="input side (default: the model's)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch dimension")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the onnxruntime check")
-    p.add_argument("--check-images", type=int, default=256, help="real images for the ONNX check")
+    p.add_argument("--check-images", type=int, default=256, help="validation images for the ONNX check")
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest acceptable |logit difference|")
     p.set_defaults(func=run_export)
 
     p = subparsers.add_parser("quantize", help="int8 static quantization (or QAT), accuracy before/after")
     _common(p)
     p.add_argument("--calibration", type=int, default=512, help="training images for calibration")
-    p.add_argument("--val", type=int, default=2000, help="validation images for the accuracy check")
+    p.add_argument("--val", type=int, default=2000,
+                   help="validation images for the accuracy check, drawn from the split's held-out part")
     p.add_argument("--max-drop", type=float, default=0.5, help="warn when top-1 drops more (points)")
     p.add_argument("--strict", action="store_true", help="exit 3 when the drop exceeds --max-drop")
     p.add_argument("--qat-epochs", type=int, default=0, help="quantization-aware training epochs (0: PTQ)")
@@ -367,7 +385,7 @@ def register(subparsers) -> None:
     p.add_argument("--ratio", type=float, default=0.3, help="fraction of channels / weights removed")
     p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs over --train-images")
     p.add_argument("--train-images", type=int, default=5000, help="training images for fine-tuning")
-    p.add_argument("--val", type=int, default=2000, help="validation images")
+    p.add_argument("--val", type=int, default=2000, help="validation images, drawn from the split's held-out part")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak learning rate")
     p.add_argument("--out", help=".safetensors (unstructured), .pt2, .onnx or .pt")
     p.set_defaults(func=run_prune)
@@ -394,6 +412,7 @@ def register(subparsers) -> None:
     p.add_argument("--variants", help="comma-separated subset of: torchvision,eager,channels_last,"
                                       "folded_compiled,int8,onnxruntime")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    p.add_argument("--data", help="real images for int8 calibration (default: $RESNETS_DATA)")
+    p.add_argument("--data", help="real images for int8 calibration, from the training part of the split "
+                                  "(default: $RESNETS_DATA)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_bench_infer)

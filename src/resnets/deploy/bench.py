@@ -60,15 +60,15 @@ def _torchvision_model(name: str) -> nn.Module | None:
 
 
 def _calibration(size: int, n: int, data_dir: str | Path | None) -> tuple[Tensor, str]:
-    """Real images (resized to ``size``, normalised with their own statistics) when a data folder
-    is given, else Gaussian noise; the timing does not depend on which, the int8 accuracy would."""
-    if data_dir is not None and Path(data_dir).is_dir():
-        from .data import channel_stats, load_samples, normalize, split_folder, take_balanced
+    """Real images from the training part of the engine's split (resized to ``size``, normalised
+    with that part's statistics) when a dataset is given, else Gaussian noise; the timing does not
+    depend on which, the int8 accuracy would."""
+    if data_dir is not None and Path(data_dir).exists():
+        from .data import normalize, open_split, take
 
-        split = split_folder(data_dir)
-        images, _ = load_samples(take_balanced(split.train, n), size)
-        mean, std = channel_stats(images)
-        return normalize(images, mean, std), "real images"
+        split = open_split(data_dir)
+        images, _ = take(split.train, n, (size, size))
+        return normalize(images, split.mean, split.std), "real images"
     return torch.randn(n, 3, size, size), "random inputs"
 
 

@@ -1,108 +1,178 @@
-"""Real images for calibration, validation and parity checks, read from an image folder
-(``<root>/<class>/<file>``, classes in sorted order as in the CIFAR-10 JPEG set).
+"""Real images for calibration, validation and parity checks, through the shared data API
+(:mod:`resnets.data`): an image folder ``<root>/<class>/<image>`` or a CIFAR archive folder.
 
-A deterministic split carved from the training folder: per class, files in sorted order, the
-*last* ``val_per_class`` are validation and the calibration/fine-tuning images come from the rest.
-(The ResNet paper validated on 5k images carved from CIFAR-10's 50k; the held-out test split is
-never used here.) Kept small and local so the shared data module can replace it.
+Validation images are the part the training engine holds out:
+``split_train_val(open_dataset(root), val_size, seed)`` with the engine's defaults (5000 images,
+seed 0: the paper's 45k/5k on CIFAR-10), or the ``data.val_size``/``data.split_seed`` of the
+training recipe recorded in the weights' metadata. So accuracy before/after int8 or pruning is
+measured on images the model did not train on. Calibration and fine-tuning images come from the
+train part, and so do the normalisation statistics when the weights carry none (the split
+recomputes them from the train part alone, as training does).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
 from torch import Tensor
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+from ..data import TensorImageDataset, build_transforms, load_image, open_dataset, split_train_val
+from ..train.config import DataConfig
+
+DEFAULT_VAL_SIZE = DataConfig.val_size  # the training engine's defaults
+DEFAULT_SPLIT_SEED = DataConfig.split_seed
 
 
 @dataclass
-class Split:
-    classes: list[str]
-    train: list[tuple[Path, int]]
-    val: list[tuple[Path, int]]
+class DeploySplit:
+    """The training engine's train/validation split of ``root``, and where its settings came from."""
+
+    root: Path
+    train: Any  # TensorImageDataset (small images, in memory) or FolderDataset
+    val: Any
+    val_size: int
+    seed: int
+    origin: str  # "the weights' recipe", "the training defaults" or "--val-size/--split-seed"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.train.info.mean)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.train.info.std)
+
+    def describe(self) -> str:
+        return (f"validation from the {len(self.val)} images split_train_val(val_size={self.val_size}, "
+                f"seed={self.seed}) holds out of {self.root} ({self.origin})")
+
+    def to_dict(self) -> dict:
+        return {"data": str(self.root), "val_size": self.val_size, "split_seed": self.seed, "from": self.origin}
 
 
-def default_data_dir() -> Path | None:
-    """``$RESNETS_DATA`` when set, else the shared CIFAR-10 JPEG folder if it exists."""
-    env = os.environ.get("RESNETS_DATA")
-    if env:
-        return Path(env)
-    shared = Path(__file__).resolve().parents[4] / "shared" / "datasets" / "cifar10-jpeg" / "train"
-    return shared if shared.is_dir() else None
+def _recipe_data(meta: Mapping[str, Any] | None) -> dict:
+    recipe = (meta or {}).get("recipe")
+    data = recipe.get("data") if isinstance(recipe, dict) else None
+    return data if isinstance(data, dict) else {}
 
 
-def split_folder(root: str | Path, val_per_class: int = 500) -> Split:
+def data_dir(given: str | Path | None = None, meta: Mapping[str, Any] | None = None) -> Path | None:
+    """``given``, else ``$RESNETS_DATA``, else the data the weights' recipe trained on (``data.path``
+    when it exists here; none there means the bundled sample, as in training), else ``None``."""
+    if given:
+        return Path(given)
+    if os.environ.get("RESNETS_DATA"):
+        return Path(os.environ["RESNETS_DATA"])
+    recipe = _recipe_data(meta)
+    if "path" not in recipe:
+        return None
+    if not recipe["path"]:
+        from ..train.engine import sample_data_dir
+
+        return sample_data_dir()
+    path = Path(recipe["path"]).expanduser()
+    return path if path.exists() else None  # trained elsewhere: the caller asks for --data
+
+
+def split_settings(meta: Mapping[str, Any] | None = None, val_size: int | None = None,
+                   seed: int | None = None) -> tuple[int, int, str, list[str]]:
+    """``(val_size, seed, origin, notes)``: the arguments given, else the weights' recipe, else the
+    training defaults."""
+    recipe = _recipe_data(meta)
+    notes = []
+    if val_size is not None or seed is not None:
+        origin = "--val-size/--split-seed"
+    elif "val_size" in recipe or "split_seed" in recipe:
+        origin = "the weights' recipe"
+    else:
+        origin = "the training defaults"
+    if val_size is None:
+        val_size = recipe.get("val_size", DEFAULT_VAL_SIZE)
+        if not val_size:
+            notes.append(f"the weights' recipe held no images out (data.val_size {val_size}): the model trained "
+                         f"on every image, so the {DEFAULT_VAL_SIZE} validation images used here are not unseen")
+            val_size = DEFAULT_VAL_SIZE
+    if seed is None:
+        seed = recipe.get("split_seed", DEFAULT_SPLIT_SEED)
+    return val_size, int(seed), origin, notes
+
+
+def open_split(root: str | Path, meta: Mapping[str, Any] | None = None, val_size: int | None = None,
+               seed: int | None = None) -> DeploySplit:
+    """The engine's split of the dataset at ``root`` (settings as :func:`split_settings` picks them)."""
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    if not classes:
-        raise ValueError(f"{root} holds no class folders (<root>/<class>/<image>)")
-    train, val = [], []
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        cut = max(0, len(files) - val_per_class)
-        train += [(p, label) for p in files[:cut]]
-        val += [(p, label) for p in files[cut:]]
-    return Split(classes, train, val)
+    val_size, seed, origin, notes = split_settings(meta, val_size, seed)
+    train, val = split_train_val(open_dataset(root), val_size=val_size, seed=seed)
+    trained_on = _recipe_data(meta).get("path")
+    if trained_on and Path(trained_on).expanduser().resolve() != root.expanduser().resolve():
+        notes.append(f"the weights were trained on {trained_on}; the held-out images match training's only "
+                     f"for the same dataset, not {root}")
+    return DeploySplit(root, train, val, val_size, seed, origin, notes)
 
 
-def take_balanced(samples: Sequence[tuple[Path, int]], n: int, seed: int = 0) -> list[tuple[Path, int]]:
-    """``n`` samples spread evenly over the classes (a fixed random choice within each)."""
-    by_class: dict[int, list[tuple[Path, int]]] = {}
-    for sample in samples:
-        by_class.setdefault(sample[1], []).append(sample)
-    rng = np.random.default_rng(seed)
-    per_class = -(-n // max(1, len(by_class)))
-    picked = []
-    for label in sorted(by_class):
-        items = by_class[label]
-        idx = rng.permutation(len(items))[:per_class]
-        picked += [items[i] for i in sorted(idx)]
-    # Shuffle so a prefix (a batch) mixes the classes.
-    order = rng.permutation(len(picked))
-    return [picked[i] for i in order][:n]
+def balanced_indices(labels: Tensor, n: int, seed: int = 0) -> Tensor:
+    """Indices of ``n`` samples spread evenly over the classes (a seeded random choice within
+    each), shuffled so that any prefix (a batch) mixes the classes."""
+    g = torch.Generator().manual_seed(seed)
+    classes = labels.unique()
+    per_class = -(-n // max(1, len(classes)))
+    picked = [members[torch.randperm(len(members), generator=g)[:per_class]].sort().values
+              for members in ((labels == c).nonzero().flatten() for c in classes)]
+    picked = torch.cat(picked) if picked else torch.zeros(0, dtype=torch.int64)
+    return picked[torch.randperm(len(picked), generator=g)][:n]
 
 
-def load_images(paths: Sequence[str | Path], size: int | tuple[int, int] | None = None) -> Tensor:
-    """uint8 tensor (N, 3, H, W); images are resized (bilinear) to ``size`` when given."""
-    if isinstance(size, int):
-        size = (size, size)
+def resize(images: Tensor, size: Sequence[int] | None) -> Tensor:
+    """uint8 (N, 3, H, W) resized (bilinear, antialiased) to ``size`` (H, W), as evaluation does."""
+    if size is None or tuple(images.shape[2:]) == tuple(size):
+        return images
+    x = F.interpolate(images.float(), size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def take(dataset, n: int, size: Sequence[int] | None = None, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """uint8 images (N, 3, H, W) at ``size`` and their labels: a balanced seeded subset of ``n``.
+
+    In-memory small images are indexed and resized; large-image folders are decoded with the
+    evaluation transform (resize, centre crop to ``size``).
+    """
+    idx = balanced_indices(dataset.labels, n, seed)
+    if isinstance(dataset, TensorImageDataset):
+        return resize(dataset.images[idx], size), dataset.labels[idx]
+    side = int(size[-1]) if size is not None else 224
+    transform = build_transforms(False, dataset.info, side, normalize=False)
+    images = [transform(load_image(dataset.samples[i][0])) for i in idx.tolist()]
+    if not images:
+        return torch.zeros(0, 3, side, side, dtype=torch.uint8), dataset.labels[idx]
+    return torch.stack(images).mul_(255).round_().to(torch.uint8), dataset.labels[idx]
+
+
+def load_files(paths: Sequence[str | Path], size: Sequence[int]) -> Tensor:
+    """Image files as uint8 (N, 3, H, W), whole images resized to ``size`` (H, W) as ``resnets
+    predict`` does (RGB, EXIF orientation honoured, unreadable files named in the error)."""
+    from PIL import Image
+
+    h, w = int(size[0]), int(size[1])
     arrays = []
     for path in paths:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
-            arrays.append(np.asarray(img, dtype=np.uint8))
+        img = load_image(path)
+        arrays.append(np.asarray(img if img.size == (w, h) else img.resize((w, h), Image.BICUBIC)))
     if not arrays:
         raise ValueError("no images to load")
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise ValueError(f"images differ in size {sorted(shapes)}; pass a size to resize them")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def load_samples(samples: Sequence[tuple[Path, int]], size=None) -> tuple[Tensor, Tensor]:
-    images = load_images([p for p, _ in samples], size)
-    return images, torch.tensor([label for _, label in samples], dtype=torch.long)
-
-
-def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images scaled to [0, 1]."""
-    x = images.to(torch.float64).div_(255).transpose(0, 1).reshape(images.shape[1], -1)
-    return tuple(x.mean(1).tolist()), tuple(x.std(1).tolist())
-
-
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 (N, C, H, W) to the float input a model was trained on."""
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (images.float() / 255 - m) / s
+    """uint8 (N, C, H, W) to the float input a model was trained on (the evaluation code's
+    normalisation, so deployment and ``resnets evaluate`` feed a model identical inputs)."""
+    from ..train.evaluate import _normalise
+
+    return _normalise(images, {"mean": list(mean), "std": list(std)}, images.device)
