@@ -53,7 +53,8 @@ def run_eval(args) -> int:
 
     out = Path(args.confusion) if args.confusion else Path(args.weights).with_suffix(".confusion.png")
     result = evaluate(args.weights, args.data, model=args.model, tta=args.tta, batch_size=args.batch_size,
-                      device=args.device, split=args.split, confusion_png=out)
+                      device=args.device, split=args.split, confusion_png=out, holdout=args.holdout,
+                      val_size=args.val_size, split_seed=args.split_seed)
     if args.json:
         print(json.dumps({"top1": result["top1"], "top5": result["top5"], "n": result["n"]}))
         return 0
@@ -96,6 +97,10 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, help="image folder (class sub-folders) or CIFAR archive folder")
     p.add_argument("--split", help="test, val or train (default: test if present, else val, else the folder)")
     p.add_argument("--tta", choices=["none", "flip"], default=None, help="test-time augmentation")
+    p.add_argument("--holdout", action="store_true",
+                   help="evaluate on the validation images held out in training (the weights' recipe's split)")
+    p.add_argument("--val-size", type=int, help="with --holdout: size of the held-out split (default: the recipe's)")
+    p.add_argument("--split-seed", type=int, help="with --holdout: seed of the split (default: the recipe's)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--confusion", metavar="PNG", help="confusion-matrix image (default: beside the weights)")

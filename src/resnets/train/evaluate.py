@@ -14,26 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import create_model
-from .checkpoint import load_weights
+from ..registry import load_model as load_registered
 
 
 def load_model(weights: str | Path, model: str | None = None, device: str | torch.device = "cpu"
                ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from a weights file; ``model`` overrides (and is checked against) the metadata."""
-    state, meta = load_weights(weights)
-    name = model or meta.get("model")
-    if not name:
-        raise ValueError(f"{weights} does not say which model it holds; pass --model NAME")
-    if model and meta.get("model") and meta["model"] != model:
-        raise ValueError(f"{weights} holds {meta['model']!r} weights, not {model!r}")
-    num_classes = len(meta["classes"]) if meta.get("classes") else None
-    net = create_model(name, num_classes=num_classes, **meta.get("model_kwargs", {}))
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ValueError(f"{weights} does not fit model {name!r}: {str(exc).splitlines()[0]}") from None
-    return net.to(device).eval(), meta
+    """Rebuild a model from a weights file (or shipped weights' tag with ``model``), with its metadata."""
+    net = load_registered(str(weights), model)
+    return net.to(device).eval(), dict(net.pretrained_meta)
 
 
 def _normalise(x_uint8: torch.Tensor, meta: dict, device) -> torch.Tensor:
@@ -70,11 +58,14 @@ def _logits(net: nn.Module, x: torch.Tensor, tta: str | None) -> torch.Tensor:
 
 def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None, tta: str | None = None,
              batch_size: int = 256, device: str = "cpu", split: str | None = None,
-             confusion_png: str | Path | None = None) -> dict[str, Any]:
+             confusion_png: str | Path | None = None, holdout: bool = False, val_size: int | None = None,
+             split_seed: int | None = None) -> dict[str, Any]:
     """Top-1, top-5, per-class accuracy and the confusion matrix of ``weights`` on ``data``.
 
     ``data``: an image folder (class sub-folders) or a CIFAR archive folder. Images are normalised
-    with the statistics stored in the weights, not the evaluation set's.
+    with the statistics stored in the weights, not the evaluation set's. ``holdout=True`` evaluates
+    on the validation images held out during training: the stratified split of ``data`` made with
+    the weights' recipe (``data.val_size``, ``data.split_seed``) unless ``val_size``/``split_seed`` say otherwise.
     """
     from ..data import open_dataset
 
@@ -83,13 +74,20 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
     tta = None if tta == "none" else tta
     device = torch.device(device)
     net, meta = load_model(weights, model, device)
-    for candidate in [split] if split else ["test", "val", "train"]:
+    for candidate in [split] if split else (["train"] if holdout else ["test", "val", "train"]):
         try:
             ds = open_dataset(data, split=candidate)
             break
         except FileNotFoundError:
             if split or candidate == "train":
                 raise
+    if holdout:
+        from ..data import split_train_val
+
+        recipe = (meta.get("recipe") or {}).get("data") or {}
+        val_size = val_size if val_size is not None else int(recipe.get("val_size") or 5000)
+        split_seed = split_seed if split_seed is not None else int(recipe.get("split_seed") or 0)
+        _, ds = split_train_val(ds, val_size=val_size, seed=split_seed)
     classes = list(meta.get("classes") or ds.info.classes)
     missing = [c for c in ds.info.classes if c not in classes]
     if missing:

@@ -1,0 +1,55 @@
+"""Shipped weights: every record matches its file, the weights load by tag and classify real
+images, and `resnets eval` reproduces the recorded validation accuracy."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import resnets
+from resnets.cli import main
+from resnets.data import open_dataset, split_train_val
+from resnets.pretrained import RECORDS, find, sha256_of
+from resnets.train import read_metadata
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=lambda r: f"{r.model}-{r.tag}")
+def test_record_matches_its_file(record):
+    assert record.path.is_file(), record.path
+    assert record.path.stat().st_size < 5 * 2**20
+    assert sha256_of(record.path) == record.sha256
+    meta = read_metadata(record.path)
+    assert meta["model"] == record.model
+    assert tuple(meta["classes"]) == record.classes
+    assert meta["mean"] == pytest.approx(record.mean) and meta["std"] == pytest.approx(record.std)
+    assert meta["metrics"]["val_acc"] == pytest.approx(record.metrics["val_top1"])
+    assert record.command.startswith("resnets train")
+
+
+def test_shipped_resnet20_classifies_real_images(cifar_train_dir):
+    model = resnets.create_model("resnet20", weights="cifar10").eval()
+    _, val = split_train_val(open_dataset(cifar_train_dir), val_size=5000, seed=0)
+    x, y = val.images[:500], val.labels[:500]
+    mean = torch.tensor(model.pretrained_meta["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(model.pretrained_meta["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        accuracy = (model((x.float() / 255 - mean) / std).argmax(1) == y).float().mean().item()
+    assert accuracy > 0.75
+
+
+def test_eval_reproduces_recorded_accuracy_on_the_5k_split(cifar_train_dir, capsys, tmp_path):
+    record = find("resnet20", "cifar10")
+    code = main(["eval", "--model", "resnet20", "--weights", "cifar10", "--data", str(cifar_train_dir),
+                 "--holdout", "--json", "--confusion", str(tmp_path / "cm.png")])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 5000
+    assert result["top1"] == pytest.approx(record.metrics["val_top1"], abs=1e-4)
+    assert result["top5"] == pytest.approx(record.metrics["val_top5"], abs=1e-4)
+
+
+def test_unknown_tag_says_what_is_available():
+    with pytest.raises(FileNotFoundError, match="available for resnet20: cifar10"):
+        resnets.create_model("resnet20", weights="imagenet")
