@@ -21,7 +21,8 @@ def test_degradation_study_miniature(cifar_train_dir, tmp_path):
     for name in ("plain20", "resnet20"):
         layers, history = gradients[name]["layers"], gradients[name]["history"]
         assert len(layers) == 19  # stem conv + 18 block convs; option A adds none
-        assert history[0][0] == 2 and len(history) >= 2
+        # 384 images (data.limit) / batch 64 = 6 steps an epoch, 12 in all; kept at 2, 3, 6, 9, 12
+        assert [step for step, _ in history] == [2, 3, 6, 9, 12]
         assert all(len(norms) == 19 and all(n > 0 for n in norms) for _, norms in history)
     report = result.report.read_text()
     assert "| plain20 |" in report and "| resnet20 |" in report and "curves.png" in report

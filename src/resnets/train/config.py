@@ -27,7 +27,7 @@ class DataConfig:
     path: str | None = None  # image folder or CIFAR archive folder; None: the sample bundled with the package
     val_size: int = 5000  # images held out for validation (stratified); 0: no validation
     split_seed: int = 0
-    limit: int = 0  # use only the first N training images after the split (0: all); for smoke runs
+    limit: int = 0  # train on a class-balanced subset of N images after the split (0: all); for smoke runs
     crop_padding: int = 4  # random crop from a zero-padded image (He et al. 2015, sec. 4.2)
     flip: bool = True  # random horizontal flip
     cutout: int = 0  # side of the erased square (DeVries & Taylor 2017); 0: off

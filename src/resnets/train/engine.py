@@ -247,6 +247,10 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
         train_ds, val_ds = split_train_val(dataset, val_size=cfg.data.val_size, seed=cfg.data.split_seed)
     else:
         train_ds, val_ds = dataset, None
+    if 0 < cfg.data.limit < len(train_ds):
+        # A class-balanced subset (the stratified splitter again, keeping `limit` images), not the
+        # first N, which would be the first classes only.
+        train_ds, _ = split_train_val(train_ds, val_size=len(train_ds) - cfg.data.limit, seed=cfg.data.split_seed)
     info = train_ds.info
     micro = t.batch_size // (world * t.accumulate)
     if micro * world * t.accumulate != t.batch_size:
