@@ -50,7 +50,7 @@ def test_train_eval_predict(data, tmp_path, capsys):
 
     # eval refuses weights of another architecture by name.
     assert main(["eval", "--model", "resnet56", "--weights", str(weights), "--data", str(data)]) == 2
-    assert "holds 'resnet20' weights" in capsys.readouterr().err
+    assert "holds weights for 'resnet20', not 'resnet56'" in capsys.readouterr().err
 
 
 def test_unknown_key_is_a_usage_error(capsys):

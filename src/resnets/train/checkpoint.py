@@ -129,19 +129,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(state_dict, metadata)`` from a ``.safetensors`` export or a training checkpoint (``.pt``).
+    """``(state_dict, metadata)`` from a ``.safetensors`` export, a training checkpoint (EMA weights
+    preferred) or a plain state dict: :func:`resnets.transfer.read_weights`, the one safe reader."""
+    from ..transfer.weights import read_weights
 
-    For a checkpoint the EMA weights are preferred when present (they are what was validated).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path)), read_metadata(path)
-    ckpt = load_checkpoint(path)
-    if "model" not in ckpt:
-        raise CheckpointError(f"{path} holds no 'model' entry; is it a resnets checkpoint?")
-    weights = ckpt["ema"]["state"] if ckpt.get("ema") else ckpt["model"]
-    return weights, ckpt.get("meta", {})
+    return read_weights(path)
