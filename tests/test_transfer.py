@@ -251,3 +251,30 @@ def test_freeze_by_name_linear_probe_multipliers_and_gradual_unfreezing():
     trainable = {k.split(".")[0] for k, p in unfreezer.model.named_parameters() if p.requires_grad}
     assert trainable == {"fc", "layer3"}
     assert unfreezer.step(10)[-1] == "conv1"
+
+
+def test_features_command_writes_embeddings_and_file_list(cifar_train_dir, tmp_path):
+    import numpy as np
+
+    from resnets.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for cls in ("cat", "ship"):
+        for i in range(3):
+            (folder / f"{cls}{i}.jpg").write_bytes((cifar_train_dir / cls / f"{i:04d}.jpg").read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "emb" / "features.npy"
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        assert main(["features", "--model", "resnet20", "--weights", "cifar10", str(folder), "--out", str(out)]) == 0
+    features = np.load(out)
+    paths = (tmp_path / "emb" / "features.files.txt").read_text().splitlines()
+    assert features.shape == (6, 64) and features.dtype == np.float32 and len(paths) == 6
+    assert all("broken" not in p for p in paths)
+    model = resnets.create_model("resnet20", weights="cifar10").eval()
+    # the rows are the classifier's input: the shipped head applied to them gives its predictions
+    logits = model.fc(torch.from_numpy(features))
+    from resnets.train import predict
+
+    top = [p["top"][0]["class"] for p in predict("cifar10", paths, model="resnet20")]
+    assert [model.pretrained_meta["classes"][i] for i in logits.argmax(1).tolist()] == top

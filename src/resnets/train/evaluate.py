@@ -162,32 +162,67 @@ def _image_files(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
+def _image_batches(files: list[Path], meta: dict, batch_size: int, device, skip_bad: bool = False):
+    """``(paths, normalised batch)`` for image files, preprocessed as the weights' metadata says:
+    the whole image resized (bicubic) to the training size, as CIFAR models saw the full frame."""
+    import warnings
+
+    import numpy as np
+
+    from ..data import load_image
+    from ..data.images import BadImageError
+
+    h, w = meta.get("image_size", [3, 32, 32])[-2:]
+    for start in range(0, len(files), batch_size):
+        chunk, arrays = [], []
+        for path in files[start:start + batch_size]:
+            try:
+                arrays.append(np.asarray(load_image(path).resize((w, h), resample=3)))  # 3: bicubic
+            except BadImageError as exc:
+                if not skip_bad:
+                    raise
+                warnings.warn(f"skipped {path}: {exc}", stacklevel=2)
+                continue
+            chunk.append(path)
+        if chunk:
+            yield chunk, _normalise(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), meta, device)
+
+
 @torch.no_grad()
 def predict(weights: str | Path, images: list[str | Path] | str | Path, *, topk: int = 5,
             model: str | None = None, device: str = "cpu", batch_size: int = 256) -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each image file (or every image in a folder)."""
-    import numpy as np
-
-    from ..data import load_image
-
     if isinstance(images, str | Path):
         images = [images]
     net, meta = load_model(weights, model, device)
     classes = meta.get("classes") or [str(i) for i in range(net.num_classes)]
-    h, w = meta.get("image_size", [3, 32, 32])[-2:]
-    files = _image_files(list(images))
     results = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        # Whole image resized to the training size (CIFAR models see the full 32x32 frame).
-        arrays = [np.asarray(load_image(p).resize((w, h), resample=3)) for p in chunk]  # 3: bicubic
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-        probs = net(_normalise(x, meta, device)).float().softmax(1)
+    for chunk, x in _image_batches(_image_files(list(images)), meta, batch_size, device):
+        probs = net(x).float().softmax(1)
         top = probs.topk(min(topk, probs.shape[1]), 1)
         for path, p, idx in zip(chunk, top.values.tolist(), top.indices.tolist()):
             results.append({"path": str(path), "top": [{"class": classes[i], "prob": round(v, 6)}
                                                         for v, i in zip(p, idx)]})
     return results
+
+
+@torch.no_grad()
+def extract_features(weights: str | Path, images: list[str | Path] | str | Path, *, model: str | None = None,
+                     device: str = "cpu", batch_size: int = 256):
+    """Pooled embeddings (the classifier's input) of every image: ``(float32 array (N, D), paths)``.
+    Unreadable files are skipped with a warning naming them and are absent from ``paths``."""
+    import numpy as np
+
+    if isinstance(images, str | Path):
+        images = [images]
+    net, meta = load_model(weights, model, device)
+    rows, paths = [], []
+    for chunk, x in _image_batches(_image_files(list(images)), meta, batch_size, device, skip_bad=True):
+        rows.append(net.forward_head(net.forward_features(x), pre_logits=True).float().cpu().numpy())
+        paths += [str(p) for p in chunk]
+    if not rows:
+        raise ValueError(f"no readable images in {', '.join(map(str, images))}")
+    return np.concatenate(rows), paths
 
 
 def to_json(obj: Any) -> str:

@@ -1,0 +1,42 @@
+"""``resnets features``: pooled embeddings of a folder of images, with the file list beside them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def run_features(args) -> int:
+    import numpy as np
+
+    from ..train.evaluate import extract_features
+
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        raise ValueError(f"--out must end in .npy; got {out}")
+    features, paths = extract_features(args.weights, args.images, model=args.model, device=args.device,
+                                       batch_size=args.batch_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    listing = out.with_suffix(".files.txt")
+    # Both files appear whole or not at all: written beside, then renamed into place.
+    tmp_npy, tmp_txt = out.with_name(f".{out.name}.tmp{os.getpid()}"), listing.with_name(f".{listing.name}.tmp")
+    with open(tmp_npy, "wb") as f:
+        np.save(f, features)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp_txt.write_text("".join(f"{p}\n" for p in paths))
+    os.replace(tmp_txt, listing)
+    os.replace(tmp_npy, out)
+    print(f"{features.shape[0]} images x {features.shape[1]} features -> {out} (files listed in {listing})")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("features", help="pooled embeddings of images (.npy) with the file list beside them")
+    p.add_argument("images", nargs="+", metavar="IMAGE|DIR")
+    p.add_argument("--weights", required=True, help=".safetensors / checkpoint, or a shipped tag with --model")
+    p.add_argument("--model", help="model name (default: from the weights' metadata)")
+    p.add_argument("--out", required=True, help="FILE.npy; FILE.files.txt gets one path per row")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run_features)
