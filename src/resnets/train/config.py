@@ -91,12 +91,25 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Transfer learning from pretrained weights (see resnets.transfer)."""
+
+    weights: str | None = None  # start from these: a weights file, or a shipped tag such as cifar10
+    freeze: list[str] = field(default_factory=list)  # stages kept frozen, e.g. [conv1, layer1, layer2]
+    linear_probe: bool = False  # train the classifier only, batch-norm statistics frozen
+    lr_mult: dict[str, float] = field(default_factory=dict)  # per-stage lr factors, e.g. {conv1: 0.1}
+    unfreeze_every: int = 0  # gradual unfreezing: fc first, one more stage every N epochs; 0: off
+    weights_normalization: bool = True  # normalise with the weights' mean/std, not the new data's
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     out_dir: str = "runs"  # runs are written to OUT_DIR/NAME
     name: str = ""  # run name; empty: <model>-<date>-<time>
     recipe: str = ""  # free text recorded with the weights: where the recipe comes from
@@ -224,6 +237,11 @@ def validate(config: Config) -> None:
         raise ValueError("train.batch_size and train.accumulate must be >= 1")
     if s.factors and len(s.factors) != len(s.milestones):
         raise ValueError(f"schedule.factors ({len(s.factors)}) needs one value per milestone ({len(s.milestones)})")
+    f = config.finetune
+    if (f.freeze or f.linear_probe or f.lr_mult or f.unfreeze_every) and not f.weights:
+        raise ValueError("finetune.freeze/linear_probe/lr_mult/unfreeze_every need finetune.weights")
+    if f.unfreeze_every < 0:
+        raise ValueError(f"finetune.unfreeze_every must be >= 0; got {f.unfreeze_every}")
     if list(s.milestones) != sorted(s.milestones):
         raise ValueError(f"schedule.milestones must be increasing; got {s.milestones}")
 

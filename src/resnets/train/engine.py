@@ -9,6 +9,7 @@ checkpoint, so an interrupted run resumed from it ends with exactly the weights 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import signal
@@ -27,8 +28,17 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from ..pretrained import resolve
 from ..registry import create_model
-from .checkpoint import export_weights, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..transfer.finetune import GradualUnfreezer, set_trainable, stage_names
+from .checkpoint import (
+    export_weights,
+    load_checkpoint,
+    read_metadata,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import Config, config_from_dict, load_config, set_key
 from .config import validate as check_config
 from .optim import EMA, Schedule, build_optimizer
@@ -69,6 +79,12 @@ def sample_data_dir() -> Path:
     from importlib.resources import files
 
     return Path(str(files("resnets") / "assets" / "cifar10_sample"))
+
+
+def weights_metadata(model: str, weights: str) -> dict[str, Any]:
+    """The metadata of pretrained weights (classes, mean/std...); empty for plain state dicts."""
+    path = resolve(model, weights)
+    return read_metadata(path) if path.suffix == ".safetensors" else {}
 
 
 def select_device(name: str, local_rank: int = 0) -> torch.device:
@@ -251,6 +267,15 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
         # A class-balanced subset (the stratified splitter again, keeping `limit` images), not the
         # first N, which would be the first classes only.
         train_ds, _ = split_train_val(train_ds, val_size=len(train_ds) - cfg.data.limit, seed=cfg.data.split_seed)
+    ft = cfg.finetune
+    if ft.weights and ft.weights_normalization:
+        # Pretrained features expect the pixels normalised as in their own training.
+        source = weights_metadata(cfg.model.name, ft.weights)
+        if source.get("mean") and source.get("std"):
+            shared = dataclasses.replace(train_ds.info, mean=tuple(source["mean"]), std=tuple(source["std"]))
+            train_ds.info = shared
+            if val_ds is not None:
+                val_ds.info = shared
     info = train_ds.info
     micro = t.batch_size // (world * t.accumulate)
     if micro * world * t.accumulate != t.batch_size:
@@ -270,7 +295,16 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
 
     # ---- model, optimizer, schedule --------------------------------------------------------------
     torch.manual_seed(t.seed)
-    model = create_model(cfg.model.name, num_classes=len(info.classes), **cfg.model.kwargs)
+    model = create_model(cfg.model.name, num_classes=len(info.classes), weights=ft.weights, **cfg.model.kwargs)
+    unfreezer = None
+    if ft.linear_probe:  # the classifier alone; BN kept in eval mode below (train_mode)
+        set_trainable(model, stage_names(model)[:-1], False)
+    set_trainable(model, ft.freeze, False)
+    if ft.unfreeze_every:
+        if world > 1:
+            raise ValueError("finetune.unfreeze_every is not supported with several processes (DDP "
+                             "fixes the set of trained parameters when it wraps the model)")
+        unfreezer = GradualUnfreezer(model, ft.unfreeze_every, frozen=ft.freeze)
     if t.sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format)
@@ -280,7 +314,7 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
             "= 1): its batch statistics would be those of a single image. Use at least 2 images per "
             "process and micro-batch, or set train.freeze_bn=true.")
     raw_model = model  # what checkpoints hold: no DDP `module.` or compile `_orig_mod.` prefixes
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, ft.lr_mult)
     schedule = Schedule(cfg.schedule, cfg.optim.lr, total_steps, steps_per_epoch)
     ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
@@ -342,8 +376,12 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
     # ---- the loop ----------------------------------------------------------------------------------
     def train_mode() -> None:
         model.train()
-        if t.freeze_bn:
+        if t.freeze_bn or ft.linear_probe:
             _freeze_bn(model)
+        # A frozen stage keeps its batch-norm statistics too, or its outputs would drift.
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and not m.weight.requires_grad:
+                m.eval()
 
     epoch, batch_index, resume_at = start_epoch, start_batch, start_batch
     with _StopOnSigint() as stop:
@@ -354,6 +392,8 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
                     loader.load_state_dict({"epoch": epoch, "batch": start_batch})
                 batch_index, start_batch = start_batch if epoch == start_epoch else 0, 0
                 resume_at = batch_index  # first batch not yet part of a completed step
+                if unfreezer is not None:  # a function of the epoch alone, so resuming reproduces it
+                    unfreezer.step(epoch)
                 train_mode()
                 reporter.start_epoch(epoch, epochs, steps_per_epoch, done=batch_index // t.accumulate)
                 tick = time.perf_counter()
@@ -400,7 +440,7 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
                     # ---- optimizer step ----
                     lr = schedule.lr(step)
                     for g in optimizer.param_groups:
-                        g["lr"] = lr
+                        g["lr"] = lr * g.get("lr_mult", 1.0)
                     if scaler:
                         scaler.unscale_(optimizer)
                     if t.grad_clip > 0:

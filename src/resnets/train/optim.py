@@ -14,22 +14,30 @@ from torch import nn
 from .config import OptimConfig, ScheduleConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, lr_mult: dict[str, float] | None = None) -> list[dict]:
     """Weight decay on conv and linear weights only. BN scales/shifts and biases are excluded: decaying
     them only fights the normalisation (Goyal et al. 2017, "Accurate, Large Minibatch SGD", sec. 5.1;
-    He et al. 2019, "Bag of Tricks", sec. 3.1)."""
-    decay, no_decay = [], []
+    He et al. 2019, "Bag of Tricks", sec. 3.1). ``lr_mult`` gives per-stage learning-rate factors
+    (fine-tuning), kept in each group's ``lr_mult`` for the schedule to apply.
+
+    Frozen parameters are included: the optimizers skip a parameter without a gradient (decay
+    included), and gradual unfreezing needs them in place when they thaw."""
+    from ..transfer.finetune import lr_multipliers
+
+    factors = lr_multipliers(model, lr_mult) if lr_mult else {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups: dict[tuple[bool, float], list] = {}
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
             is_norm = isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm)
-            (no_decay if is_norm or name == "bias" or p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decays = not (is_norm or name == "bias" or p.ndim <= 1)
+            groups.setdefault((decays, factors.get(names[id(p)], 1.0)), []).append(p)
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0, "lr_mult": mult}
+            for (decays, mult), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr_mult: dict[str, float] | None = None) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, lr_mult)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "adam":  # L2 penalty added to the gradient, as Keras' Adam with kernel_regularizer

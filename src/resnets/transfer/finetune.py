@@ -100,12 +100,13 @@ class GradualUnfreezer:
     """Start with the classifier alone and unfreeze one more stage, from the top, every
     ``every`` epochs: fc; then layer4; then layer3; ... down to the stem."""
 
-    def __init__(self, model: nn.Module, every: int = 1) -> None:
+    def __init__(self, model: nn.Module, every: int = 1, frozen: str | Sequence[str] = ()) -> None:
         if every < 1:
             raise ValueError(f"gradual unfreezing needs every >= 1 epoch; got {every}")
         self.model = model
         self.every = every
-        self.order = list(reversed(stage_names(model)))  # fc, (norm), layer4, ..., conv1
+        keep = set(parse_names(frozen))  # stages the user froze for good stay out of the order
+        self.order = [s for s in reversed(stage_names(model)) if s not in keep]  # fc, (norm), layer4, ..., conv1
 
     def trainable_at(self, epoch: int) -> list[str]:
         return self.order[: 1 + epoch // self.every]
@@ -113,6 +114,7 @@ class GradualUnfreezer:
     def step(self, epoch: int) -> list[str]:
         """Set ``requires_grad`` for ``epoch``; returns the trainable stages."""
         trainable = self.trainable_at(epoch)
-        set_trainable(self.model, self.order, False)
+        if self.order:
+            set_trainable(self.model, self.order, False)
         set_trainable(self.model, trainable, True)
         return trainable

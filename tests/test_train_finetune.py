@@ -1,0 +1,80 @@
+"""Fine-tuning through the training config: start from the shipped CIFAR-10 weights on a new
+three-class task, with frozen stages, a linear probe, per-stage learning rates and gradual
+unfreezing; the preprocessing follows the weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import resnets
+from resnets.train import Config, train
+from resnets.train.checkpoint import read_metadata
+
+
+@pytest.fixture(scope="module")
+def three_classes(cifar_train_dir, tmp_path_factory):
+    """A new task: 3 CIFAR classes renamed, 40 real images each."""
+    root = tmp_path_factory.mktemp("three")
+    for new, old in (("boat", "ship"), ("lorry", "truck"), ("pony", "horse")):
+        (root / new).mkdir()
+        for i in range(40):
+            (root / new / f"{i:03d}.jpg").write_bytes((cifar_train_dir / old / f"{i:04d}.jpg").read_bytes())
+    return root
+
+
+def _config(data, out, **finetune) -> Config:
+    cfg = Config()
+    cfg.model.name = "resnet20"
+    cfg.data.path, cfg.data.val_size = str(data), 30
+    cfg.optim.lr, cfg.schedule.name = 0.05, "constant"
+    cfg.train.batch_size, cfg.train.epochs, cfg.train.progress = 30, 2, False
+    cfg.train.tensorboard = cfg.train.plots = False
+    cfg.out_dir, cfg.name = str(out), "ft"
+    cfg.finetune.weights = "cifar10"
+    for key, value in finetune.items():
+        setattr(cfg.finetune, key, value)
+    return cfg
+
+
+def _changed(before: torch.nn.Module, after: dict) -> set[str]:
+    return {k.split(".")[0] for k, v in before.state_dict().items()
+            if not k.startswith("fc.") and not torch.equal(v, after[k])}
+
+
+def test_finetune_freezes_stages_and_uses_the_weights_preprocessing(three_classes, tmp_path):
+    source = resnets.create_model("resnet20", weights="cifar10")
+    result = train(_config(three_classes, tmp_path, freeze=["conv1", "layer1"], lr_mult={"layer2": 0.1}))
+    model = resnets.load_model(str(result.weights))
+    assert model.fc.out_features == 3
+    changed = _changed(source, model.state_dict())
+    assert changed == {"layer2", "layer3"}  # stem (conv1, bn1) and layer1 untouched
+    meta = read_metadata(result.weights)
+    assert meta["classes"] == ["boat", "lorry", "pony"]
+    assert meta["mean"] == pytest.approx(source.pretrained_meta["mean"])
+    assert meta["recipe"]["finetune"]["freeze"] == ["conv1", "layer1"]
+
+
+def test_linear_probe_trains_only_the_classifier(three_classes, tmp_path):
+    source = resnets.create_model("resnet20", weights="cifar10")
+    result = train(_config(three_classes, tmp_path, linear_probe=True))
+    after = resnets.load_model(str(result.weights)).state_dict()
+    assert _changed(source, after) == set()  # BN running statistics included
+    assert result.metrics["val_acc"] > 1 / 3  # pretrained features separate the new classes
+
+
+def test_gradual_unfreezing_thaws_from_the_top(three_classes, tmp_path):
+    source = resnets.create_model("resnet20", weights="cifar10")
+    result = train(_config(three_classes, tmp_path, unfreeze_every=1))
+    # epoch 0 trains fc, epoch 1 adds layer3; frozen stages keep their BN statistics as well
+    assert _changed(source, resnets.load_model(str(result.weights)).state_dict()) == {"layer3"}
+
+
+def test_finetune_options_need_weights():
+    cfg = Config()
+    cfg.finetune.freeze = ["layer1"]
+    cfg.train.epochs = 1
+    from resnets.train.config import validate
+
+    with pytest.raises(ValueError, match="need finetune.weights"):
+        validate(cfg)
