@@ -30,3 +30,11 @@ def cifar_train_dir() -> Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def real_folder(cifar_train_dir, tmp_path_factory):
+    """A small folder of real CIFAR-10 JPEGs shared by the data tests (tests/test_data_support.py)."""
+    from test_data_support import real_folder_once
+
+    return real_folder_once(cifar_train_dir, tmp_path_factory)

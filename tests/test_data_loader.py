@@ -20,12 +20,6 @@ from resnets.data import (
     make_loader,
     open_dataset,
 )
-from test_data_support import real_folder_once
-
-
-@pytest.fixture(scope="session")
-def real_folder(cifar_train_dir, tmp_path_factory):
-    return real_folder_once(cifar_train_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

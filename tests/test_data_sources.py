@@ -23,14 +23,9 @@ from resnets.data import (
     write_cifar_archive,
 )
 from resnets.data.cifar import read_pickle
-from test_data_support import CLASSES, copy_real_images, decode_folder, real_folder_once
+from test_data_support import CLASSES, copy_real_images, decode_folder
 
 # --- CIFAR archives ---------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def real_folder(cifar_train_dir, tmp_path_factory):
-    return real_folder_once(cifar_train_dir, tmp_path_factory)
-
 
 @pytest.fixture(scope="module")
 def real_pixels(real_folder):

@@ -132,12 +132,12 @@ def load_model(weights: str, model: str | None = None, **kwargs) -> nn.Module:
     """Rebuild the model a weights file was made for: its name comes from the file's metadata
     (or ``model``, which must agree), its architecture arguments and classes too. The model is in
     eval mode; ``model.pretrained_meta`` holds the metadata (classes, mean, std, metrics...)."""
-    from .transfer.weights import WeightsError, read_weights
+    from .transfer.weights import WeightsError, read_metadata_only
 
     path = str(weights)
     if model is None:
         try:
-            _, meta = read_weights(path)
+            meta = read_metadata_only(path)
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"weights file not found: {path} (shipped weights are named with a model: --model NAME --weights TAG)"

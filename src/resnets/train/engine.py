@@ -31,10 +31,10 @@ from torch import nn
 from ..pretrained import resolve
 from ..registry import create_model
 from ..transfer.finetune import GradualUnfreezer, set_trainable, stage_names
+from ..transfer.weights import read_metadata_only
 from .checkpoint import (
     export_weights,
     load_checkpoint,
-    read_metadata,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -83,8 +83,7 @@ def sample_data_dir() -> Path:
 
 def weights_metadata(model: str, weights: str) -> dict[str, Any]:
     """The metadata of pretrained weights (classes, mean/std...); empty for plain state dicts."""
-    path = resolve(model, weights)
-    return read_metadata(path) if path.suffix == ".safetensors" else {}
+    return read_metadata_only(resolve(model, weights))
 
 
 def select_device(name: str, local_rank: int = 0) -> torch.device:

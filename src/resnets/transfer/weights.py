@@ -126,6 +126,20 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     return convert_timm_state_dict(_strip_prefixes(state)), metadata
 
 
+def read_metadata_only(path: str | Path) -> dict[str, Any]:
+    """A weights file's metadata: from the header alone for ``.safetensors``; other files must be
+    read whole (a checkpoint's ``meta`` sits beside its tensors)."""
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.is_file():
+        from ..train.checkpoint import read_metadata
+
+        try:
+            return read_metadata(path)
+        except Exception as exc:  # safetensors raises its own error types for a damaged header
+            raise WeightsError(f"{path} is not a valid safetensors file: {exc}") from exc
+    return read_weights(path)[1]
+
+
 def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
     """First-conv weights for another number of input channels (timm's rule): summed over RGB for
     one channel; RGB repeated and rescaled by 3/C for C channels, so activations keep their scale."""
