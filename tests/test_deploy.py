@@ -350,9 +350,13 @@ def test_cli_quantize_prune_explain(zoo_weights, cifar_train_dir, cifar, tmp_pat
 
     data = ["--data", str(cifar_train_dir)]
     weights_file = zoo_weights[0]
-    rc = main(["quantize", "--weights", str(weights_file), *data, "--calibration", "128", "--val", "300", "--json"])
+    rc = main(["quantize", "--weights", str(weights_file), *data, "--calibration", "128", "--val", "300", "--json",
+               "--out", str(tmp_path / "int8.pt")])
     q = json.loads(capsys.readouterr().out)
     assert rc == 0 and q["images"] == 300 and q["calibration_images"] == 128
+    # The saved int8 TorchScript runs on its own, with a batch size other than the example's.
+    saved = torch.jit.load(q["out"])
+    assert saved(cifar["val"][:5]).shape == (5, 10)
     assert q["split"] == {"data": str(cifar_train_dir), "val_size": 4000, "split_seed": 1, "from": "the weights' recipe"}
     # Accuracy is the library test's job (trained model); here the report must be self-consistent.
     assert abs(q["fp32_top1"] - q["int8_top1"] - q["drop"]) < 1e-9 and 0 <= q["agreement"] <= 1
