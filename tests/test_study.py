@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from resnets.cli import main
 from resnets.study import degradation_study
 
 
-def test_degradation_study_miniature(cifar_train_dir, tmp_path):
-    result = degradation_study(str(cifar_train_dir), tmp_path / "deg", models=("plain20", "resnet20"),
-                               epochs=2, limit=384, val_size=200, batch_size=64, grad_every=3, progress=False)
+def test_degradation_study_miniature(cifar_train_dir, tmp_path, monkeypatch):
+    args = dict(models=("plain20", "resnet20"), epochs=2, limit=384, val_size=200, batch_size=64, grad_every=3,
+                progress=False)
+    result = degradation_study(str(cifar_train_dir), tmp_path / "deg", **args)
     assert set(result.final) == {"plain20", "resnet20"}
     for row in result.final.values():
         assert 0.0 <= row["train_error"] < 1.0 and 0.0 <= row["val_error"] <= 1.0
@@ -27,6 +30,20 @@ def test_degradation_study_miniature(cifar_train_dir, tmp_path):
     report = result.report.read_text()
     assert "| plain20 |" in report and "| resnet20 |" in report and "curves.png" in report
     assert (tmp_path / "deg" / "curves.csv").read_text().count("\n") == 1 + 2 * 2
+
+    # Run again on the same schedule: every model's finished run is reused, nothing retrains.
+    def no_training(*_a, **_k):
+        raise AssertionError("a finished model was trained again")
+
+    monkeypatch.setattr("resnets.study.degradation.train", no_training)
+    again = degradation_study(str(cifar_train_dir), tmp_path / "deg", **args)
+    assert again.final == result.final
+    # Another schedule in the same folder, or an interrupted run, is refused with the folder named.
+    with pytest.raises(ValueError, match="another schedule"):
+        degradation_study(str(cifar_train_dir), tmp_path / "deg", **{**args, "epochs": 3})
+    (tmp_path / "deg2" / "plain20").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"deg2/plain20 holds an unfinished run"):
+        degradation_study(str(cifar_train_dir), tmp_path / "deg2", **args)
 
 
 def test_study_cli_rejects_unknown_model(tmp_path, capsys):

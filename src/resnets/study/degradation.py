@@ -18,8 +18,11 @@ from torch import nn
 
 from ..registry import model_entry
 from ..train import Config, StepInfo, train
+from ..train.checkpoint import atomic_write
 
 DEFAULT_MODELS = ("plain20", "plain56", "resnet20", "resnet56")
+# Written in each model's run folder once it has trained: a re-run of the study reuses it.
+STUDY_RECORD = "study.json"
 
 
 @dataclass
@@ -110,13 +113,21 @@ def degradation_study(
     out_dir.mkdir(parents=True, exist_ok=True)
     histories: dict[str, list[dict[str, float]]] = {}
     gradients: dict[str, dict] = {}
+    schedule = {"data": data, "epochs": epochs, "limit": limit, "full": full, "seed": seed,
+                "val_size": val_size, "batch_size": batch_size, "grad_every": grad_every}
     for name in models:
+        done = _finished_run(out_dir / name, schedule)
+        if done is not None:  # a study interrupted after this model: keep its run, train the rest
+            histories[name], gradients[name] = done["history"], done["gradients"]
+            continue
         recorder = GradientRecorder(grad_every)
         cfg = study_config(name, data, out_dir, epochs=epochs, limit=limit, full=full, seed=seed,
                            progress=progress, val_size=val_size, batch_size=batch_size)
         result = train(cfg, callbacks=[recorder])
         histories[name] = result.history
         gradients[name] = {"layers": recorder.names, "history": recorder.history}
+        record = {"schedule": schedule, "history": result.history, "gradients": gradients[name]}
+        atomic_write(out_dir / name / STUDY_RECORD, lambda f, r=record: f.write(json.dumps(r).encode()))
     (out_dir / "gradients.json").write_text(json.dumps(gradients))
     with open(out_dir / "curves.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -129,6 +140,23 @@ def degradation_study(
              for n, h in histories.items()}
     report = write_report(out_dir, final, gradients, full=full, epochs=epochs, limit=limit, data=data)
     return DegradationResult(out_dir, final, report, figures)
+
+
+def _finished_run(run_dir: Path, schedule: dict) -> dict | None:
+    """The record of a model this study already trained on the same schedule, or ``None`` when
+    there is no run yet. A run folder without a matching record (an interrupted run, or another
+    schedule's) is refused rather than overwritten or silently mixed into the figures."""
+    record_path = run_dir / STUDY_RECORD
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        if record.get("schedule") == schedule:
+            return record
+        raise ValueError(f"{run_dir} holds a run of another schedule ({record.get('schedule')}); "
+                         "choose another --out or remove that folder")
+    if run_dir.exists():
+        raise ValueError(f"{run_dir} holds an unfinished run (no {STUDY_RECORD}); remove that folder "
+                         "to train the model again, or choose another --out")
+    return None
 
 
 def _pairs(names) -> list[tuple[str, list[str]]]:
