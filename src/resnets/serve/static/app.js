@@ -86,6 +86,17 @@ function askForToken(message) {
   ui.tokenInput.focus();
 }
 
+// Class names travel percent-encoded in headers (HTTP headers are latin-1).
+function header(response, name) {
+  const value = response.headers.get(name);
+  if (value === null) return null;
+  try {
+    return decodeURIComponent(value);
+  } catch (_) {
+    return value;
+  }
+}
+
 function percent(p) {
   return `${(100 * p).toFixed(1)}%`;
 }
@@ -175,7 +186,8 @@ async function classify(file) {
     const response = await api("/v1/explain", { method: "POST", body: single });
     const png = await response.blob();
     if (mine !== generation) return;
-    const cls = response.headers.get("X-Predicted-Class") || prediction.top[0].class;
+    const cls = header(response, "X-Explained-Class") || header(response, "X-Predicted-Class")
+      || prediction.top[0].class;
     const prob = Number(response.headers.get("X-Class-Probability"));
     ui.overlay.src = URL.createObjectURL(png);
     ui.overlay.alt = `Grad-CAM overlay: the regions of ${file.name} that drove the class ${cls}`;
