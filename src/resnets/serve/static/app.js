@@ -25,10 +25,11 @@ let generation = 0;      // a newer file makes older answers stale
 
 // An answer that is not 2xx, with the API's {"error": {"code", "message"}} when it sent one.
 class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, retryAfter = null) {
     super(message);
     this.status = status;
     this.code = code;
+    this.retryAfter = retryAfter;  // seconds, from a 503's Retry-After
   }
 }
 
@@ -56,7 +57,8 @@ async function api(path, options = {}) {
   } catch (_) {
     // not JSON: keep the status line
   }
-  throw new ApiError(response.status, code, message);
+  const retryAfter = Number(response.headers.get("Retry-After")) || null;
+  throw new ApiError(response.status, code, message, retryAfter);
 }
 
 function showError(err) {
@@ -188,7 +190,7 @@ async function classify(file) {
     if (mine !== generation) return;
     const cls = header(response, "X-Explained-Class") || header(response, "X-Predicted-Class")
       || prediction.top[0].class;
-    const prob = Number(response.headers.get("X-Class-Probability"));
+    const prob = Number(response.headers.get("X-Class-Probability") ?? NaN);
     ui.overlay.src = URL.createObjectURL(png);
     ui.overlay.alt = `Grad-CAM overlay: the regions of ${file.name} that drove the class ${cls}`;
     ui.overlayCaption.textContent = `Evidence for “${cls}”` + (Number.isFinite(prob) ? ` (${percent(prob)})` : "");
@@ -209,7 +211,10 @@ function chooseFile(files) {
   classify(files[0]);
 }
 
-ui.fileInput.addEventListener("change", () => chooseFile(ui.fileInput.files));
+ui.fileInput.addEventListener("change", () => {
+  chooseFile(ui.fileInput.files);
+  ui.fileInput.value = "";  // choosing the same file again must run again
+});
 
 ["dragenter", "dragover"].forEach((type) => ui.dropZone.addEventListener(type, (event) => {
   event.preventDefault();
@@ -242,8 +247,11 @@ async function start() {
   try {
     await loadModel();
     document.body.dataset.model = "loaded";
+    if (ui.error.dataset.code === "not_ready") clearError();
   } catch (err) {
     showError(err);
+    // Still loading the model (or restarting): ask again when the server says to.
+    if (err.status === 503) setTimeout(() => start().catch(() => {}), 1000 * Math.min(err.retryAfter || 1, 30));
     throw err;
   }
 }
