@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `resnets --help` lists them.
-COMMAND_MODULES = ["models", "data", "train", "transfer", "deploy", "study"]
+COMMAND_MODULES = ["models", "data", "train", "transfer", "deploy", "study", "serve"]
 
 
 class UsageError(Exception):

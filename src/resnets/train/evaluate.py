@@ -162,22 +162,36 @@ def _image_files(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
-def _image_batches(files: list[Path], meta: dict, batch_size: int, device, skip_bad: bool = False):
-    """``(paths, normalised batch)`` for image files, preprocessed as the weights' metadata says:
-    the whole image resized (bicubic) to the training size, as CIFAR models saw the full frame."""
-    import warnings
-
+def resize_for_model(image, meta: dict):
+    """An RGB PIL image as the weights expect it: uint8 (H, W, 3), the whole image resized (bicubic)
+    to the training size, as CIFAR models saw the full frame. ``predict`` and ``resnets serve`` share
+    it so the command line and the server give the same probabilities."""
     import numpy as np
+
+    h, w = meta.get("image_size", [3, 32, 32])[-2:]
+    return np.asarray(image.resize((w, h), resample=3))  # 3: bicubic
+
+
+def to_model_input(arrays, meta: dict, device="cpu") -> torch.Tensor:
+    """A normalised float batch (N, 3, H, W) from :func:`resize_for_model` arrays."""
+    import numpy as np
+
+    return _normalise(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), meta, device)
+
+
+def _image_batches(files: list[Path], meta: dict, batch_size: int, device, skip_bad: bool = False):
+    """``(paths, normalised batch)`` for image files, preprocessed as the weights' metadata says
+    (:func:`resize_for_model`)."""
+    import warnings
 
     from ..data import load_image
     from ..data.images import BadImageError
 
-    h, w = meta.get("image_size", [3, 32, 32])[-2:]
     for start in range(0, len(files), batch_size):
         chunk, arrays = [], []
         for path in files[start:start + batch_size]:
             try:
-                arrays.append(np.asarray(load_image(path).resize((w, h), resample=3)))  # 3: bicubic
+                arrays.append(resize_for_model(load_image(path), meta))
             except BadImageError as exc:
                 if not skip_bad:
                     raise
@@ -185,7 +199,7 @@ def _image_batches(files: list[Path], meta: dict, batch_size: int, device, skip_
                 continue
             chunk.append(path)
         if chunk:
-            yield chunk, _normalise(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), meta, device)
+            yield chunk, to_model_input(arrays, meta, device)
 
 
 @torch.no_grad()

@@ -1,0 +1,259 @@
+"""The HTTP API (``resnets serve``): FastAPI routes over :class:`ModelService` and :class:`Batcher`.
+
+The contract (routes, bodies, error codes) is the one documented at ``/openapi.json`` and in
+README's "Serving" section. Request bodies are read by hand rather than by FastAPI's parameter
+parsing: one route takes multipart *or* JSON, and the size limit must apply before the body is
+in memory; ``openapi_extra`` documents both forms so that clients and fuzzers can build them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import mimetypes
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from .batcher import Batcher, Closed, QueueFull
+from .errors import ApiError, ErrorBody, install, overloaded
+from .inputs import decode, decode_all, uploads
+from .service import ModelService
+
+STATIC = Path(str(files("resnets") / "serve" / "static"))
+# Grad-CAM needs a backward pass and runs outside the batcher; a few may wait for the model.
+EXPLAIN_SLOTS = 4
+
+
+class TopClass(BaseModel):
+    class_: str = Field(alias="class")
+    index: int
+    prob: float
+
+
+class Prediction(BaseModel):
+    filename: str | None
+    width: int
+    height: int
+    mode: str = Field(description="the file's own mode before conversion to RGB: RGB, L, P, RGBA, CMYK, I;16...")
+    top: list[TopClass]
+
+
+class PredictResponse(BaseModel):
+    model: str
+    predictions: list[Prediction]
+
+
+class BatchingInfo(BaseModel):
+    max_batch: int
+    max_wait_ms: float
+    queue_size: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    classes: list[str]
+    num_classes: int
+    input_size: list[int]
+    mean: list[float] | None
+    std: list[float] | None
+    metrics: dict[str, Any]
+    weights: str
+    sha256: str
+    parameters: int
+    batching: BatchingInfo
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "starting", "shutting_down"]
+
+
+def _body(field: str, many: bool) -> dict:
+    binary = {"type": "string", "format": "binary"}
+    b64 = {"type": "string", "description": "base64 of an image file (a data: URL is accepted)"}
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {
+            "type": "object", "required": [field],
+            "properties": {field: {"type": "array", "items": binary, "minItems": 1} if many else binary}}},
+        "application/json": {"schema": {
+            "type": "object", "required": [field],
+            "properties": {field: {"type": "array", "items": b64, "minItems": 1} if many else b64}}},
+    }}}
+
+
+def _errors(*statuses: int) -> dict:
+    what = {400: "bad_image, empty_body or bad_request", 401: "unauthorized (Authorization: Bearer <token>)",
+            413: "too_large or too_many_pixels", 415: "unsupported_media_type", 422: "invalid_parameter",
+            503: "overloaded (with Retry-After) or not_ready", 504: "timeout"}
+    return {s: {"model": ErrorBody, "description": what[s]} for s in statuses}
+
+
+def create_app(weights: str | Path, *, model: str | None = None, device: str = "cpu", max_batch: int = 32,
+               max_wait_ms: float = 5.0, queue_size: int = 256, timeout_s: float = 30.0,
+               max_bytes: int = 10 * 2**20, max_pixels: int = 4096 * 4096, token: str | None = None,
+               batching: bool = True) -> FastAPI:
+    """The serving app for ``weights`` (a file, or a shipped tag such as "cifar10" with ``model``).
+
+    The model is loaded here (a bad file fails now, not at the first request) and warmed up at
+    startup; ``app.state.service`` and, while running, ``app.state.batcher`` are reachable for
+    tests and embedding.
+    """
+    for name, value in (("max_batch", max_batch), ("queue_size", queue_size), ("max_bytes", max_bytes),
+                        ("max_pixels", max_pixels), ("timeout_s", timeout_s)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive; got {value}")
+    service = ModelService(weights, model, device)
+    settings = {"max_batch": max_batch, "max_wait_ms": float(max_wait_ms), "queue_size": queue_size}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await asyncio.to_thread(service.warm_up, max_batch)
+        # service.forward looked up per call, so a test may wrap it after create_app.
+        batcher = Batcher(lambda x: app.state.service.forward(x), batching=batching, **settings)
+        batcher.start()
+        app.state.batcher, app.state.status = batcher, "ready"
+        try:
+            yield
+        finally:
+            # Stop taking work (readyz says so), finish what is queued or running, then stop.
+            app.state.status = "shutting_down"
+            await batcher.close()
+
+    app = FastAPI(title="resnets serve", version=_version(), lifespan=lifespan,
+                  description=f"Image classification with {service.name} ({service.weights}).")
+    app.state.service, app.state.status, app.state.batcher = service, "starting", None
+    app.state.explaining = 0
+    install(app)
+    guard = [Depends(_bearer(token))] if token else []
+
+    def ready_batcher() -> Batcher:
+        if app.state.status != "ready" or app.state.batcher is None:
+            raise ApiError(503, "not_ready", f"the server is {app.state.status.replace('_', ' ')}",
+                           {"Retry-After": "1"})
+        return app.state.batcher
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=Readiness, tags=["health"],
+             responses={503: {"model": Readiness, "description": "starting or shutting_down"}})
+    async def readyz():
+        status = app.state.status
+        return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
+
+    @app.get("/v1/model", response_model=ModelInfo, dependencies=guard, responses=_errors(401) if token else {})
+    async def model_info():
+        return {**service.describe(), "batching": settings}
+
+    @app.post("/v1/predict", response_model=PredictResponse, dependencies=guard,
+              openapi_extra=_body("images", many=True),
+              responses=_errors(400, *([401] if token else []), 413, 415, 422, 503, 504))
+    async def predict(request: Request,
+                      topk: int = Query(5, ge=1, le=service.num_classes, description="classes per image")):
+        """Top-k classes with probabilities for each image: multipart parts named "images", or
+        JSON {"images": [base64, ...]}."""
+        batcher = ready_batcher()
+        try:
+            async with asyncio.timeout(timeout_s):
+                found = await uploads(request, "images", max_bytes=max_bytes, max_images=queue_size)
+                decoded = await asyncio.to_thread(decode_all, found, service.meta, max_pixels)
+                probs = await batcher.submit(service.inputs([d.array for d in decoded]))
+        except TimeoutError:
+            raise ApiError(504, "timeout", f"no answer within {timeout_s:g} s (--timeout)") from None
+        except QueueFull as exc:
+            raise overloaded(f"server busy: {exc}") from None
+        except Closed as exc:
+            raise ApiError(503, "not_ready", str(exc), {"Retry-After": "1"}) from None
+        top = probs.topk(topk, 1)
+        return {"model": service.name, "predictions": [
+            {"filename": d.upload.filename, "width": d.width, "height": d.height, "mode": d.mode,
+             "top": [{"class": service.classes[i], "index": i, "prob": round(p, 6)} for p, i in zip(ps, idx)]}
+            for d, ps, idx in zip(decoded, top.values.tolist(), top.indices.tolist())]}
+
+    @app.post("/v1/explain", dependencies=guard, response_class=Response,
+              openapi_extra=_body("image", many=False),
+              responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                               "description": "the Grad-CAM overlay; X-Predicted-Class (top-1 name), "
+                                              "X-Class-Index and X-Class-Probability (the explained class)"},
+                         **_errors(400, *([401] if token else []), 413, 415, 422, 503, 504)})
+    async def explain(request: Request,
+                      target: str | None = Query(None, alias="class", description="class name or index "
+                                                 "(default: the prediction)"),
+                      scale: int | None = Query(None, ge=1, le=16, description="enlargement (default: to at "
+                                                f"least {224} px)")):
+        """Grad-CAM (where the evidence for a class lies) over one image: a multipart part named
+        "image", or JSON {"image": base64}."""
+        ready_batcher()
+        index = service.class_index(target)
+        if app.state.explaining >= EXPLAIN_SLOTS:
+            raise overloaded(f"{EXPLAIN_SLOTS} explanations already running")
+        app.state.explaining += 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                (found,) = await uploads(request, "image", max_bytes=max_bytes, max_images=1)
+                decoded = await asyncio.to_thread(decode, found, service.meta, max_pixels)
+                result = await asyncio.to_thread(service.explain, decoded.array, index, scale)
+        except TimeoutError:
+            raise ApiError(504, "timeout", f"no answer within {timeout_s:g} s (--timeout)") from None
+        finally:
+            app.state.explaining -= 1
+        names = service.classes
+        return Response(result["png"], media_type="image/png", headers={
+            "X-Predicted-Class": quote(names[result["predicted"]], safe=" "),
+            "X-Explained-Class": quote(names[result["explained"]], safe=" "),
+            "X-Class-Index": str(result["explained"]),
+            "X-Class-Probability": f"{result['probability']:.6f}",
+        })
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return _static("index.html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str):
+        return _static(name)
+
+    return app
+
+
+def _static(name: str):
+    # Only the files that are there, by name: no paths, so nothing outside static/ can be reached.
+    shipped = {p.name for p in STATIC.iterdir() if p.is_file()} if STATIC.is_dir() else set()
+    if name not in shipped:
+        raise ApiError(404, "not_found", f"no such page: {name}")
+    return FileResponse(STATIC / name, media_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
+
+
+# Module level: FastAPI resolves the (string) annotation below in this module's namespace.
+_BEARER = HTTPBearer(auto_error=False, description="the server's --token")
+
+
+def _bearer(token: str):
+    expected = token.encode()
+
+    async def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]):
+        given = credentials.credentials.encode() if credentials else b""
+        # Constant time: how long a comparison takes must not tell how much of a guess was right.
+        if not (credentials and hmac.compare_digest(given, expected)):
+            raise ApiError(401, "unauthorized", "missing or wrong token: send Authorization: Bearer <token>",
+                           {"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

@@ -1,0 +1,109 @@
+"""The model behind the server: loaded once, described for ``/v1/model``, run for predictions and
+Grad-CAM explanations.
+
+One lock serialises every use of the model: Grad-CAM hooks a layer and would capture another
+thread's activations if a batch ran at the same time.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..train.evaluate import to_model_input
+
+# Grad-CAM overlays are enlarged to at least this short side by default (32x32 is too small to see).
+EXPLAIN_MIN_SIDE = 224
+
+
+class ModelService:
+    def __init__(self, weights: str | Path, model: str | None = None, device: str = "cpu"):
+        from ..deploy.weights import load_model
+        from ..pretrained import available, resolve, sha256_of
+
+        loaded = load_model(model, weights)
+        self.name = loaded.name
+        self.device = torch.device(device)
+        self.model = loaded.model.to(self.device).eval()
+        # What preprocessing reads (resnets.train.evaluate): the weights' metadata, sized as loaded.
+        self.meta = {**loaded.metadata, "image_size": list(loaded.input_size)}
+        self.input_size = list(loaded.input_size)
+        num_classes = getattr(self.model, "num_classes", None) or len(loaded.classes or ())
+        self.classes = list(loaded.classes or (str(i) for i in range(num_classes)))
+        self.mean = list(self.meta["mean"]) if self.meta.get("mean") else None
+        self.std = list(self.meta["std"]) if self.meta.get("std") else None
+        path = resolve(self.name, weights)
+        self.sha256 = sha256_of(path)
+        self.weights = Path(str(weights)).name  # the file's name or the shipped tag, not the server's paths
+        self.metrics: dict[str, Any] = dict(self.meta.get("metrics") or {})
+        for record in available(self.name):
+            if record.sha256 == self.sha256:  # shipped weights: their checked figures (RESULTS.md)
+                self.metrics.update(record.metrics)
+        self.parameters = sum(p.numel() for p in self.model.parameters())
+        self._lock = threading.Lock()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "classes": self.classes, "num_classes": self.num_classes,
+                "input_size": self.input_size, "mean": self.mean, "std": self.std, "metrics": self.metrics,
+                "weights": self.weights, "sha256": self.sha256, "parameters": self.parameters}
+
+    def inputs(self, arrays: list[np.ndarray]) -> torch.Tensor:
+        """Normalised model input from :func:`resnets.serve.inputs.decode` arrays."""
+        return to_model_input(arrays, self.meta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, num_classes) on the CPU; called from the batcher's thread."""
+        with self._lock, torch.inference_mode():
+            return self.model(x.to(self.device)).float().softmax(1).cpu()
+
+    def warm_up(self, batch: int) -> None:
+        # The first calls allocate and pick kernels; pay for that before saying ready.
+        for n in {1, batch}:
+            self.forward(torch.zeros(n, *self.input_size))
+
+    def class_index(self, value: str | None) -> int | None:
+        """A class given by name or index (``?class=``), checked; ``None`` for the prediction."""
+        from .errors import ApiError
+
+        if value is None or value == "":
+            return None
+        if value in self.classes:
+            return self.classes.index(value)
+        if value.strip().lstrip("-").isdigit():
+            index = int(value)
+            if 0 <= index < self.num_classes:
+                return index
+            raise ApiError(422, "invalid_parameter", f"query parameter 'class': index {index} is out of range "
+                                                     f"0..{self.num_classes - 1}")
+        shown = ", ".join(self.classes[:20]) + (", ..." if self.num_classes > 20 else "")
+        raise ApiError(422, "invalid_parameter", f"query parameter 'class': unknown class {value!r}; "
+                                                 f"one of {shown} or an index")
+
+    def explain(self, array: np.ndarray, target: int | None, scale: int | None) -> dict[str, Any]:
+        """Grad-CAM overlay PNG of one image (uint8 (H, W, 3) at the input size) for ``target``
+        (default: the prediction), with the predicted and explained classes."""
+        from ..deploy.gradcam import grad_cam, overlay
+
+        x = self.inputs([array]).to(self.device)
+        with self._lock:
+            heatmaps, classes, logits = grad_cam(self.model, x, target)
+        probs = logits.float().softmax(1)[0].cpu()
+        explained = int(classes[0])
+        if scale is None:
+            scale = max(1, math.ceil(EXPLAIN_MIN_SIDE / min(array.shape[:2])))
+        picture = overlay(torch.from_numpy(array.copy()).permute(2, 0, 1), heatmaps[0], scale=scale)
+        png = io.BytesIO()
+        picture.save(png, format="PNG")
+        predicted = int(probs.argmax())
+        return {"png": png.getvalue(), "predicted": predicted, "explained": explained,
+                "probability": float(probs[explained]), "width": picture.width, "height": picture.height}

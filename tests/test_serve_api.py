@@ -1,0 +1,546 @@
+"""``resnets serve`` in-process (FastAPI's TestClient, httpx over ASGI) with the shipped CIFAR-10
+ResNet-20 and real CIFAR-10 images: predictions equal ``resnets predict``'s, every bad input is a
+clear 4xx, the batcher batches, refuses when full, times out and shuts down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+import httpx  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from resnets.serve import Batcher, Closed, QueueFull, create_app  # noqa: E402
+from resnets.train import predict as cli_predict  # noqa: E402
+
+WEIGHTS_FILE = Path(__file__).resolve().parents[1] / "src/resnets/assets/weights/resnet20_cifar10.safetensors"
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def make_app(**kwargs):
+    return create_app("cifar10", model="resnet20", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with TestClient(make_app()) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def real_images(cifar_train_dir):
+    """(path, class, ``resnets predict`` output with all 10 classes) for real images the model gets right."""
+    files = [cifar_train_dir / c / "0000.jpg" for c in CLASSES]
+    rows = cli_predict("cifar10", files, model="resnet20", topk=10)
+    right = [(Path(r["path"]), Path(r["path"]).parent.name, r) for r in rows
+             if r["top"][0]["class"] == Path(r["path"]).parent.name]
+    assert len(right) >= 5, "the shipped weights should classify most of these training images"
+    return right
+
+
+def probs_of(prediction: dict) -> dict[str, float]:
+    return {t["class"]: t["prob"] for t in prediction["top"]}
+
+
+def multipart(paths) -> list:
+    return [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def encoded(image: Image.Image, fmt: str, **save) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **save)
+    return out.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares ``width`` x ``height`` RGB pixels (a decompression bomb's shape)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def error_code(response) -> str:
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["message"], body
+    return body["error"]["code"]
+
+
+# ---- predictions on real images ---------------------------------------------------------------
+
+def test_predict_multipart_matches_cli_on_real_images(client, real_images):
+    r = client.post("/v1/predict?topk=10", files=multipart([p for p, _, _ in real_images]))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "resnet20" and len(body["predictions"]) == len(real_images)
+    for (path, label, cli), pred in zip(real_images, body["predictions"]):
+        assert pred["filename"] == path.name
+        assert (pred["width"], pred["height"], pred["mode"]) == (32, 32, "RGB")
+        assert pred["top"][0]["class"] == label == cli["top"][0]["class"]
+        assert pred["top"][0]["index"] == CLASSES.index(label)
+        served, expected = probs_of(pred), probs_of(cli)
+        assert served.keys() == expected.keys()
+        assert max(abs(served[c] - expected[c]) for c in served) < 1e-5
+        assert abs(sum(served.values()) - 1) < 1e-4
+
+
+def test_predict_json_base64_and_data_url_equal_multipart(client, real_images):
+    paths = [p for p, _, _ in real_images[:3]]
+    via_form = client.post("/v1/predict?topk=3", files=multipart(paths)).json()["predictions"]
+    texts = [b64(paths[0].read_bytes()), "data:image/jpeg;base64," + b64(paths[1].read_bytes()),
+             b64(paths[2].read_bytes()).rstrip("=")]  # unpadded, as some clients send it
+    r = client.post("/v1/predict?topk=3", json={"images": texts})
+    assert r.status_code == 200, r.text
+    via_json = r.json()["predictions"]
+    assert [p["filename"] for p in via_json] == [None, None, None]
+    assert [p["top"] for p in via_json] == [p["top"] for p in via_form]
+    assert all(len(p["top"]) == 3 for p in via_json)
+
+
+def test_modes_are_converted_like_the_cli(client, real_images, tmp_path):
+    """Grayscale, palette, RGBA, CMYK and 16-bit files are accepted, reported with their own mode,
+    and converted exactly as ``resnets predict`` converts them (same probabilities)."""
+    rgb = Image.open(real_images[0][0]).convert("RGB")
+    gray16 = Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257)
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgb.size))
+    files = {"gray.jpg": encoded(rgb.convert("L"), "JPEG"), "palette.png": encoded(rgb.convert("P"), "PNG"),
+             "rgba.png": encoded(rgba, "PNG"), "cmyk.jpg": encoded(rgb.convert("CMYK"), "JPEG"),
+             "gray16.png": encoded(gray16, "PNG")}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    r = client.post("/v1/predict?topk=10", files=[("images", (n, d, "application/octet-stream"))
+                                                   for n, d in files.items()])
+    assert r.status_code == 200, r.text
+    served = r.json()["predictions"]
+    assert [p["mode"] for p in served] == ["L", "P", "RGBA", "CMYK", "I;16"]
+    expected = cli_predict("cifar10", [tmp_path / n for n in files], model="resnet20", topk=10)
+    for pred, cli in zip(served, expected):
+        got, want = probs_of(pred), probs_of(cli)
+        assert max(abs(got[c] - want[c]) for c in want) < 1e-5, pred["filename"]
+
+
+def test_explain_returns_a_png_overlay(client, real_images):
+    path, label, cli = real_images[0]
+    r = client.post("/v1/explain", files={"image": (path.name, path.read_bytes(), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    png = Image.open(io.BytesIO(r.content))
+    png.load()
+    assert png.format == "PNG" and png.size == (224, 224)  # 32 px x 7, so the short side is >= 224
+    assert r.headers["X-Predicted-Class"] == label
+    assert int(r.headers["X-Class-Index"]) == CLASSES.index(label)
+    assert abs(float(r.headers["X-Class-Probability"]) - cli["top"][0]["prob"]) < 1e-5
+
+    other = client.post("/v1/explain?class=dog&scale=2", json={"image": b64(path.read_bytes())})
+    assert other.status_code == 200, other.text
+    assert Image.open(io.BytesIO(other.content)).size == (64, 64)
+    assert other.headers["X-Class-Index"] == "5" and other.headers["X-Predicted-Class"] == label
+    by_index = client.post("/v1/explain?class=5&scale=2", json={"image": b64(path.read_bytes())})
+    assert by_index.content == other.content
+
+
+def test_model_card(client):
+    r = client.get("/v1/model")
+    assert r.status_code == 200
+    card = r.json()
+    assert card["name"] == "resnet20" and card["classes"] == CLASSES and card["num_classes"] == 10
+    assert card["input_size"] == [3, 32, 32] and card["parameters"] == 269722
+    assert card["mean"] == pytest.approx([0.491376, 0.482182, 0.446706])
+    assert card["std"] == pytest.approx([0.245233, 0.242864, 0.260666])
+    assert card["metrics"]["val_top1"] == pytest.approx(0.83)
+    assert card["weights"] == "cifar10"
+    assert card["sha256"] == hashlib.sha256(WEIGHTS_FILE.read_bytes()).hexdigest()
+    assert card["batching"] == {"max_batch": 32, "max_wait_ms": 5.0, "queue_size": 256}
+
+
+def test_health_readiness_and_openapi(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    r = client.get("/readyz")
+    assert (r.status_code, r.json()) == (200, {"status": "ready"})
+    doc = client.get("/openapi.json").json()
+    body = doc["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert set(body) == {"multipart/form-data", "application/json"}
+    assert body["application/json"]["schema"]["required"] == ["images"]
+    assert "image" in doc["paths"]["/v1/explain"]["post"]["requestBody"]["content"]["multipart/form-data"][
+        "schema"]["properties"]
+    assert {"400", "413", "415", "422", "503", "504"} <= set(doc["paths"]["/v1/predict"]["post"]["responses"])
+
+
+def test_unknown_page_is_a_json_404(client):
+    r = client.get("/static/no-such-file.js")
+    assert r.status_code == 404 and error_code(r) == "not_found"
+    assert client.get("/static/..%2Fapp.py").status_code == 404
+
+
+# ---- bad input: always a 4xx with the contract's code, never a 500 ----------------------------
+
+def _truncated(real_images) -> bytes:
+    data = real_images[0][0].read_bytes()
+    return data[: len(data) // 2]
+
+
+BAD_REQUESTS = {
+    "not an image": (lambda imgs: {"files": [("images", ("notes.txt", b"hello, not an image", "text/plain"))]},
+                     400, "bad_image"),
+    "truncated jpeg": (lambda imgs: {"files": [("images", ("cut.jpg", _truncated(imgs), "image/jpeg"))]},
+                       400, "bad_image"),
+    "empty file part": (lambda imgs: {"files": [("images", ("empty.jpg", b"", "image/jpeg"))]}, 400, "bad_image"),
+    "empty body": (lambda imgs: {"content": b"", "headers": {"content-type": "application/json"}},
+                   400, "empty_body"),
+    "no images part": (lambda imgs: {"files": [("photo", ("a.jpg", imgs[0][0].read_bytes(), "image/jpeg"))]},
+                       400, "bad_request"),
+    "text field only": (lambda imgs: {"files": [("images", (None, b"not a file"))]}, 400, "bad_image"),
+    "bad base64": (lambda imgs: {"json": {"images": ["@@not base64@@"]}}, 400, "bad_request"),
+    "bad JSON": (lambda imgs: {"content": b"{images: ", "headers": {"content-type": "application/json"}},
+                 400, "bad_request"),
+    "JSON without images": (lambda imgs: {"json": {"pictures": []}}, 400, "bad_request"),
+    "JSON empty list": (lambda imgs: {"json": {"images": []}}, 400, "bad_request"),
+    "JSON number": (lambda imgs: {"json": {"images": [42]}}, 400, "bad_request"),
+    "non-ASCII JSON": (lambda imgs: {"content": "{\"images\": [\"é\"]}".encode(),
+                                     "headers": {"content-type": "application/json"}}, 400, "bad_request"),
+    "multipart without boundary": (lambda imgs: {"content": b"xx", "headers": {"content-type": "multipart/form-data"}},
+                                   400, "bad_request"),
+    "unsupported content type": (lambda imgs: {"content": imgs[0][0].read_bytes(),
+                                               "headers": {"content-type": "image/jpeg"}}, 415, "unsupported_media_type"),
+    "bomb header 20000x20000": (lambda imgs: {"files": [("images", ("bomb.png", png_header(20000, 20000), "image/png"))]},
+                                413, "too_many_pixels"),
+    "over --max-pixels": (lambda imgs: {"json": {"images": [b64(png_header(5000, 5000))]}}, 413, "too_many_pixels"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_is_a_clear_4xx(client, real_images, case):
+    build, status, code = BAD_REQUESTS[case]
+    r = client.post("/v1/predict", **build(real_images))
+    assert r.status_code == status, r.text
+    assert error_code(r) == code
+    assert client.get("/readyz").status_code == 200  # and the server is fine afterwards
+
+
+def test_pixel_limit_names_the_part_and_option(client):
+    r = client.post("/v1/predict", files=[("images", ("big.png", png_header(5000, 5000), "image/png"))])
+    message = r.json()["error"]["message"]
+    assert "big.png" in message and "5000x5000" in message and "--max-pixels" in message
+
+
+@pytest.mark.parametrize("query", ["topk=0", "topk=11", "topk=abc", "topk=-1"])
+def test_bad_topk(client, real_images, query):
+    r = client.post(f"/v1/predict?{query}", files=multipart([real_images[0][0]]))
+    assert r.status_code == 422 and error_code(r) == "invalid_parameter"
+    assert "topk" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("query", ["class=unicorn", "class=10", "class=-1", "scale=0", "scale=abc"])
+def test_bad_explain_parameters(client, real_images, query):
+    r = client.post(f"/v1/explain?{query}", json={"image": b64(real_images[0][0].read_bytes())})
+    assert r.status_code == 422 and error_code(r) == "invalid_parameter"
+
+
+def test_explain_takes_one_image(client, real_images):
+    data = real_images[0][0].read_bytes()
+    r = client.post("/v1/explain", files=[("image", ("a.jpg", data, "image/jpeg")), ("image", ("b.jpg", data, "image/jpeg"))])
+    assert r.status_code == 400 and error_code(r) == "bad_request"
+    r = client.post("/v1/explain", json={"image": ["a", "b"]})
+    assert r.status_code == 400 and error_code(r) == "bad_request"
+    r = client.post("/v1/explain", files={"image": ("x.txt", b"not an image", "text/plain")})
+    assert r.status_code == 400 and error_code(r) == "bad_image"
+
+
+@pytest.fixture(scope="module")
+def small_client():
+    with TestClient(make_app(max_bytes=4096, max_pixels=48 * 48, queue_size=4)) as c:
+        yield c
+
+
+def test_byte_limit_before_reading_and_while_reading(small_client, real_images):
+    big = b"\xff" * 10_000
+    # Content-Length says too much: refused before the body is read.
+    r = small_client.post("/v1/predict", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and error_code(r) == "too_large"
+    assert "--max-bytes" in r.json()["error"]["message"]
+
+    # No Content-Length (chunked): the read stops at the limit.
+    def chunks():
+        for _ in range(10):
+            yield b"\xff" * 1000
+
+    r = small_client.post("/v1/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and error_code(r) == "too_large"
+    # A real 32x32 image fits both limits.
+    assert small_client.post("/v1/predict", files=multipart([real_images[0][0]])).status_code == 200
+
+
+def test_pixel_and_image_count_limits(small_client, real_images):
+    big = encoded(Image.new("RGB", (64, 64), "gray"), "PNG")
+    r = small_client.post("/v1/predict", files=[("images", ("big.png", big, "image/png"))])
+    assert r.status_code == 413 and error_code(r) == "too_many_pixels"
+    tiny = b64(encoded(Image.new("RGB", (8, 8)), "PNG"))
+    r = small_client.post("/v1/predict", json={"images": [tiny] * 5})  # the queue holds 4 images
+    assert r.status_code == 413 and error_code(r) == "too_large"
+
+
+# ---- bearer token -------------------------------------------------------------------------------
+
+def test_token(real_images):
+    with TestClient(make_app(token="s3cret-token")) as c:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-token"}):
+            r = c.get("/v1/model", headers=headers)
+            assert r.status_code == 401 and error_code(r) == "unauthorized"
+            assert r.headers["WWW-Authenticate"] == "Bearer"
+        r = c.post("/v1/predict", files=multipart([real_images[0][0]]))
+        assert r.status_code == 401
+        ok = {"Authorization": "Bearer s3cret-token"}
+        assert c.get("/v1/model", headers=ok).status_code == 200
+        assert c.post("/v1/predict", files=multipart([real_images[0][0]]), headers=ok).status_code == 200
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+        assert c.get("/openapi.json").status_code == 200
+
+
+# ---- under load: batching, overload, timeout, shutdown ------------------------------------------
+
+@asynccontextmanager
+async def started(app):
+    """The app's lifespan started, and an httpx client calling it in this event loop."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve.test") as c:
+            yield c
+
+
+async def until(condition, what: str, limit_s: float = 60.0):
+    """Poll ``condition`` (a deadline only against hanging; nothing is measured)."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+class Gate:
+    """Wraps ``service.forward`` so that model calls block until released."""
+
+    def __init__(self, app):
+        self.service = app.state.service
+        self.original = self.service.forward
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.service.forward = self._forward
+
+    def _forward(self, x):
+        self.entered.set()
+        if not self.release.wait(60):
+            raise RuntimeError("gate never released")
+        return self.original(x)
+
+
+def test_concurrent_requests_are_batched(real_images):
+    app = make_app(max_batch=8, max_wait_ms=10_000)  # batches fill up long before the wait ends
+    paths = [p for p, _, _ in real_images]
+
+    async def scenario():
+        async with started(app) as c:
+            sends = [c.post("/v1/predict?topk=1", files=multipart([paths[i % len(paths)]])) for i in range(16)]
+            return await asyncio.gather(*sends), list(app.state.batcher.batch_sizes)
+
+    responses, sizes = asyncio.run(scenario())
+    assert all(r.status_code == 200 for r in responses)
+    assert [r.json()["predictions"][0]["top"][0]["class"] for r in responses] == \
+        [real_images[i % len(paths)][1] for i in range(16)]
+    assert sum(sizes) == 16 and max(sizes) > 1, sizes
+
+
+def test_without_batching_requests_run_alone(real_images):
+    app = make_app(batching=False)
+
+    async def scenario():
+        async with started(app) as c:
+            sends = [c.post("/v1/predict", files=multipart([real_images[0][0]])) for _ in range(6)]
+            return await asyncio.gather(*sends), list(app.state.batcher.batch_sizes)
+
+    responses, sizes = asyncio.run(scenario())
+    assert all(r.status_code == 200 for r in responses) and sizes == [1] * 6
+
+
+def test_full_queue_is_503_with_retry_after(real_images):
+    app = make_app(queue_size=1)
+    one = {"files": multipart([real_images[0][0]])}
+
+    async def scenario():
+        async with started(app) as c:
+            gate = Gate(app)
+            running = asyncio.create_task(c.post("/v1/predict", **one))
+            await until(gate.entered.is_set, "the first request to reach the model")
+            queued = asyncio.create_task(c.post("/v1/predict", **one))
+            await until(lambda: app.state.batcher.queued == 1, "the second request to queue")
+            refused = await c.post("/v1/predict", **one)
+            gate.release.set()
+            return refused, await running, await queued
+
+    refused, first, second = asyncio.run(scenario())
+    assert refused.status_code == 503 and error_code(refused) == "overloaded"
+    assert refused.headers["Retry-After"] == "1"
+    assert first.status_code == 200 and second.status_code == 200
+
+
+def test_timeout_is_504_and_the_server_recovers(real_images):
+    app = make_app(timeout_s=1.0)
+    one = {"files": multipart([real_images[0][0]])}
+
+    async def scenario():
+        async with started(app) as c:
+            gate = Gate(app)
+            late = await c.post("/v1/predict", **one)  # the model does not answer until released
+            gate.release.set()
+            await until(lambda: len(app.state.batcher.batch_sizes) == 1, "the abandoned batch to end")
+            return late, await c.post("/v1/predict", **one)
+
+    late, after = asyncio.run(scenario())
+    assert late.status_code == 504 and error_code(late) == "timeout"
+    assert after.status_code == 200
+
+
+def test_graceful_shutdown_finishes_work_in_flight(real_images):
+    app = make_app(max_batch=1)
+    paths = [p for p, _, _ in real_images[:3]]
+
+    async def scenario():
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://serve.test") as c:
+            gate = Gate(app)
+            in_flight = [asyncio.create_task(c.post("/v1/predict", files=multipart([p]))) for p in paths]
+            await until(lambda: gate.entered.is_set() and app.state.batcher.queued == 2,
+                        "one request running and two queued")
+            stopping = asyncio.create_task(lifespan.__aexit__(None, None, None))
+            await until(lambda: app.state.status == "shutting_down", "shutdown to begin")
+            ready = await c.get("/readyz")
+            refused = await c.post("/v1/predict", files=multipart(paths[:1]))
+            assert not stopping.done()  # waiting for the work in flight
+            gate.release.set()
+            await stopping
+            return ready, refused, await asyncio.gather(*in_flight), app.state.batcher
+
+    ready, refused, finished, batcher = asyncio.run(scenario())
+    assert (ready.status_code, ready.json()) == (503, {"status": "shutting_down"})
+    assert refused.status_code == 503 and error_code(refused) == "not_ready"
+    assert [r.status_code for r in finished] == [200, 200, 200]
+    assert [r.json()["predictions"][0]["top"][0]["class"] for r in finished] == [c for _, c, _ in real_images[:3]]
+    assert not batcher.accepting and batcher.queued == 0
+
+
+def test_batcher_unit():
+    """Outputs go back to the right callers; the bound holds; a cancelled request leaves the queue."""
+    import torch
+
+    async def scenario():
+        entered, release = threading.Event(), threading.Event()
+
+        def double(x):
+            entered.set()
+            release.wait(60)
+            return x * 2
+
+        batcher = Batcher(double, max_batch=4, max_wait_ms=0, queue_size=3)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(torch.tensor([[1.0]])))
+        await until(entered.is_set, "the first job to start")
+        queued = asyncio.create_task(batcher.submit(torch.tensor([[2.0], [3.0]])))
+        cancelled = asyncio.create_task(batcher.submit(torch.tensor([[9.0]])))
+        await until(lambda: batcher.queued == 3, "two jobs to queue")
+        with pytest.raises(QueueFull):
+            await batcher.submit(torch.tensor([[4.0]]))
+        cancelled.cancel()
+        await until(lambda: batcher.queued == 2, "the cancelled job to leave the queue")
+        release.set()
+        outputs = await first, await queued
+        await batcher.close()
+        with pytest.raises(Closed):
+            await batcher.submit(torch.tensor([[5.0]]))
+        return outputs, list(batcher.batch_sizes)
+
+    (first, queued), sizes = asyncio.run(scenario())
+    assert first.tolist() == [[2.0]] and queued.tolist() == [[4.0], [6.0]]
+    assert sizes == [1, 2]
+
+
+# ---- the command ----------------------------------------------------------------------------------
+
+def test_serve_help(capsys):
+    from resnets.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--weights", "--host", "--port", "--max-batch", "--queue-size", "--no-batching", "--token"):
+        assert option in out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_command_starts_answers_and_stops_cleanly(real_images):
+    """A real start (a free loopback port), a real request, then Ctrl-C: exit code 0, no traceback.
+    (SIGTERM takes the same path: uvicorn's handle_exit, whose re-raise of the signal we drop.)"""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "resnets.cli", "serve", "--weights", "cifar10", "--model", "resnet20",
+           "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server never became ready"
+            time.sleep(0.1)
+        path, label, _ = real_images[0]
+        r = httpx.post(f"{url}/v1/predict", files=multipart([path]), timeout=30)
+        assert r.status_code == 200 and r.json()["predictions"][0]["top"][0]["class"] == label
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "Traceback" not in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_json_error_bodies_are_json(client):
+    r = client.post("/v1/predict", content=b"{", headers={"content-type": "application/json"})
+    assert r.headers["content-type"] == "application/json"
+    assert json.loads(r.content)["error"]["code"] == "bad_request"
