@@ -488,6 +488,31 @@ def test_batcher_unit():
     assert sizes == [1, 2]
 
 
+def test_batcher_waits_only_for_requests_on_their_way():
+    """A request alone runs at once, however long max_wait_ms; one that is being received
+    (``arriving``) is waited for and shares the batch."""
+    import torch
+
+    async def scenario():
+        batcher = Batcher(lambda x: x + 1, max_batch=8, max_wait_ms=600_000)
+        batcher.start()
+        async with asyncio.timeout(60):  # not the 10 minutes of max_wait_ms
+            alone = await batcher.submit(torch.zeros(1, 1))
+        with batcher.arriving():
+            first = asyncio.create_task(batcher.submit(torch.ones(1, 1)))
+            for _ in range(50):  # let the worker run as far as it would (scheduling, not timing)
+                await asyncio.sleep(0)
+            held = batcher.queued, list(batcher.batch_sizes)
+        second = await batcher.submit(torch.full((1, 1), 2.0))
+        await batcher.close()
+        return alone, held, await first, second, list(batcher.batch_sizes)
+
+    alone, held, first, second, sizes = asyncio.run(scenario())
+    assert alone.tolist() == [[1.0]] and first.tolist() == [[2.0]] and second.tolist() == [[3.0]]
+    assert held == (1, [1])  # the first request waited for the second
+    assert sizes == [1, 2]
+
+
 # ---- the command ----------------------------------------------------------------------------------
 
 def test_serve_help(capsys):

@@ -16,6 +16,10 @@ def run(args) -> int:
         raise UsageError(f"resnets serve needs the serve extra ({exc.name} is missing): "
                          'pip install -e ".[serve]"') from None
     token = args.token or os.environ.get("RESNETS_SERVE_TOKEN") or None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     app = create_app(args.weights, model=args.model, device=args.device, max_batch=args.max_batch,
                      max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, timeout_s=args.timeout,
                      max_bytes=args.max_bytes, max_pixels=args.max_pixels, token=token,
@@ -44,6 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's choice; on a machine "
+                                              "busy with other work, 1 avoids threads waiting on each other)")
     p.add_argument("--max-batch", type=int, default=32, help="images per forward pass at most")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long the oldest request waits for others to share its batch")

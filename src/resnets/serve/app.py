@@ -79,6 +79,11 @@ class Readiness(BaseModel):
     status: Literal["ready", "starting", "shutting_down"]
 
 
+# An 8x8 red PNG: the documented example, so that "Try it out" in /docs (and a fuzzer's explicit
+# phase) sends a request that gets an answer.
+EXAMPLE_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFUlEQVR42mM8ISfHgA0wMeAAg1MCANDKARQfGKMRAAAAAElFTkSuQmCC"
+
+
 def _body(field: str, many: bool) -> dict:
     binary = {"type": "string", "format": "binary"}
     b64 = {"type": "string", "description": "base64 of an image file (a data: URL is accepted)"}
@@ -88,7 +93,8 @@ def _body(field: str, many: bool) -> dict:
             "properties": {field: {"type": "array", "items": binary, "minItems": 1} if many else binary}}},
         "application/json": {"schema": {
             "type": "object", "required": [field],
-            "properties": {field: {"type": "array", "items": b64, "minItems": 1} if many else b64}}},
+            "properties": {field: {"type": "array", "items": b64, "minItems": 1} if many else b64}},
+            "example": {field: [EXAMPLE_PNG] if many else EXAMPLE_PNG}},
     }}}
 
 
@@ -167,9 +173,11 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
         batcher = ready_batcher()
         try:
             async with asyncio.timeout(timeout_s):
-                found = await uploads(request, "images", max_bytes=max_bytes, max_images=queue_size)
-                decoded = await asyncio.to_thread(decode_all, found, service.meta, max_pixels)
-                probs = await batcher.submit(service.inputs([d.array for d in decoded]))
+                with batcher.arriving():
+                    found = await uploads(request, "images", max_bytes=max_bytes, max_images=queue_size)
+                    decoded = await asyncio.to_thread(decode_all, found, service.meta, max_pixels)
+                    x = service.inputs([d.array for d in decoded])
+                probs = await batcher.submit(x)
         except TimeoutError:
             raise ApiError(504, "timeout", f"no answer within {timeout_s:g} s (--timeout)") from None
         except QueueFull as exc:

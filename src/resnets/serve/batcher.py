@@ -4,7 +4,9 @@ One worker task takes the oldest request, waits until ``max_batch`` images are q
 ``max_wait_ms`` has passed since that request arrived, runs the model on them in a thread (the
 event loop keeps accepting meanwhile) and hands each request its own rows of the output. Under
 load the worker is busy while requests queue, so the next batch fills without waiting: throughput
-grows with concurrency. The queue is bounded in images: a full queue refuses at once
+grows with concurrency. The wait is only for requests known to be on their way (inside
+:meth:`Batcher.arriving`: body being read, images decoded): a request alone runs at once instead of
+paying ``max_wait_ms`` for company that is not coming. The queue is bounded in images: a full queue refuses at once
 (:class:`QueueFull`, answered 503 with Retry-After) rather than letting latency grow without bound.
 :meth:`Batcher.close` stops accepting, finishes everything already queued, then ends the worker.
 """
@@ -13,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +54,7 @@ class Batcher:
         self.batch_sizes: deque[int] = deque(maxlen=history)
         self._pending: deque[_Job] = deque()
         self._queued = 0  # images in _pending
+        self._incoming = 0  # requests inside arriving(), not yet submitted
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._accepting = False
@@ -67,6 +71,19 @@ class Batcher:
         """Start the worker on the running event loop."""
         self._accepting = True
         self._task = asyncio.get_running_loop().create_task(self._work(), name="resnets-batcher")
+
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Around a request's reading and decoding, before :meth:`submit`: the worker may wait
+        (up to ``max_wait_ms``) for it to join the batch being gathered."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+            # Wake the worker to look again: the request is submitted now (nothing awaits between
+            # here and submit's enqueue), or it failed and nobody is coming.
+            self._arrived.set()
 
     async def submit(self, x: torch.Tensor) -> torch.Tensor:
         """The model's output for the images ``x`` (n, ...). Cancelling the caller (a timeout, a
@@ -138,7 +155,7 @@ class Batcher:
             # Counted from the oldest request's arrival: a request that already waited while the
             # previous batch ran does not wait again.
             deadline = self._pending[0].arrived + self.max_wait_s
-            while self._queued < self.max_batch and self._accepting:
+            while self._queued < self.max_batch and self._accepting and self._incoming:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
