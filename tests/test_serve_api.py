@@ -221,6 +221,8 @@ BAD_REQUESTS = {
     "JSON without images": (lambda imgs: {"json": {"pictures": []}}, 400, "bad_request"),
     "JSON empty list": (lambda imgs: {"json": {"images": []}}, 400, "bad_request"),
     "JSON number": (lambda imgs: {"json": {"images": [42]}}, 400, "bad_request"),
+    "JSON nested too deep": (lambda imgs: {"content": b"[" * 100_000, "headers": {"content-type": "application/json"}},
+                             400, "bad_request"),
     "non-ASCII JSON": (lambda imgs: {"content": "{\"images\": [\"é\"]}".encode(),
                                      "headers": {"content-type": "application/json"}}, 400, "bad_request"),
     "multipart without boundary": (lambda imgs: {"content": b"xx", "headers": {"content-type": "multipart/form-data"}},
@@ -255,7 +257,8 @@ def test_bad_topk(client, real_images, query):
     assert "topk" in r.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("query", ["class=unicorn", "class=10", "class=-1", "scale=0", "scale=abc"])
+@pytest.mark.parametrize("query", ["class=unicorn", "class=10", "class=-1", "class=" + "9" * 5000, "scale=0", "scale=abc"],
+                         ids=lambda q: q[:16])
 def test_bad_explain_parameters(client, real_images, query):
     r = client.post(f"/v1/explain?{query}", json={"image": b64(real_images[0][0].read_bytes())})
     assert r.status_code == 422 and error_code(r) == "invalid_parameter"
@@ -422,6 +425,20 @@ def test_timeout_is_504_and_the_server_recovers(real_images):
     late, after = asyncio.run(scenario())
     assert late.status_code == 504 and error_code(late) == "timeout"
     assert after.status_code == 200
+
+
+def test_not_ready_before_startup(real_images):
+    app = make_app()  # lifespan not run: no warm-up, no batcher
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://serve.test") as c:
+            return await c.get("/healthz"), await c.get("/readyz"), await c.post("/v1/predict", files=multipart(
+                [real_images[0][0]]))
+
+    health, ready, refused = asyncio.run(scenario())
+    assert health.status_code == 200
+    assert (ready.status_code, ready.json()) == (503, {"status": "starting"})
+    assert refused.status_code == 503 and error_code(refused) == "not_ready"
 
 
 def test_graceful_shutdown_finishes_work_in_flight(real_images):

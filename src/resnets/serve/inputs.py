@@ -112,7 +112,7 @@ async def _multipart(request: Request, body: bytes, field: str, max_bytes: int, 
 def _json(body: bytes, field: str) -> list[Upload]:
     try:
         doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: [[[[... nested past Python's limit
         raise ApiError(400, "bad_request", f"the body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict) or field not in doc:
         raise ApiError(400, "bad_request", f"the JSON body needs a field {field!r}")

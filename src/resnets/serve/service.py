@@ -79,15 +79,16 @@ class ModelService:
             return None
         if value in self.classes:
             return self.classes.index(value)
-        if value.strip().lstrip("-").isdigit():
+        try:
             index = int(value)
-            if 0 <= index < self.num_classes:
-                return index
-            raise ApiError(422, "invalid_parameter", f"query parameter 'class': index {index} is out of range "
-                                                     f"0..{self.num_classes - 1}")
-        shown = ", ".join(self.classes[:20]) + (", ..." if self.num_classes > 20 else "")
-        raise ApiError(422, "invalid_parameter", f"query parameter 'class': unknown class {value!r}; "
-                                                 f"one of {shown} or an index")
+        except ValueError:  # not a number (or thousands of digits: int() refuses those too)
+            shown = ", ".join(self.classes[:20]) + (", ..." if self.num_classes > 20 else "")
+            raise ApiError(422, "invalid_parameter", f"query parameter 'class': unknown class {value[:50]!r}; "
+                                                     f"one of {shown} or an index") from None
+        if not 0 <= index < self.num_classes:
+            raise ApiError(422, "invalid_parameter", f"query parameter 'class': index {value[:50]} is out of "
+                                                     f"range 0..{self.num_classes - 1}")
+        return index
 
     def explain(self, array: np.ndarray, target: int | None, scale: int | None) -> dict[str, Any]:
         """Grad-CAM overlay PNG of one image (uint8 (H, W, 3) at the input size) for ``target``
