@@ -118,7 +118,10 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
     for name, value in (("max_batch", max_batch), ("queue_size", queue_size), ("max_bytes", max_bytes),
                         ("max_pixels", max_pixels), ("timeout_s", timeout_s)):
         if value <= 0:
-            raise ValueError(f"{name} must be positive; got {value}")
+            option = "--" + name.removesuffix("_s").replace("_", "-")
+            raise ValueError(f"{name} ({option}) must be positive; got {value}")
+    if max_wait_ms < 0:
+        raise ValueError(f"max_wait_ms (--max-wait-ms) must be 0 or more; got {max_wait_ms}")
     service = ModelService(weights, model, device)
     settings = {"max_batch": max_batch, "max_wait_ms": float(max_wait_ms), "queue_size": queue_size}
 
