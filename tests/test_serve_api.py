@@ -195,6 +195,8 @@ def test_unknown_page_is_a_json_404(client):
     r = client.get("/static/no-such-file.js")
     assert r.status_code == 404 and error_code(r) == "not_found"
     assert client.get("/static/..%2Fapp.py").status_code == 404
+    # FastAPI's /docs and /redoc pull their scripts from a CDN: off, so nothing served needs a network.
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
 
 
 # ---- bad input: always a 4xx with the contract's code, never a 500 ----------------------------

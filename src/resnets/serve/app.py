@@ -79,7 +79,7 @@ class Readiness(BaseModel):
     status: Literal["ready", "starting", "shutting_down"]
 
 
-# An 8x8 red PNG: the documented example, so that "Try it out" in /docs (and a fuzzer's explicit
+# An 8x8 red PNG: the documented example, so that an OpenAPI viewer's "Try it out" (and a fuzzer's explicit
 # phase) sends a request that gets an answer.
 EXAMPLE_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFUlEQVR42mM8ISfHgA0wMeAAg1MCANDKARQfGKMRAAAAAElFTkSuQmCC"
 
@@ -139,7 +139,10 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
             app.state.status = "shutting_down"
             await batcher.close()
 
-    app = FastAPI(title="resnets serve", version=_version(), lifespan=lifespan,
+    # No /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN, which an offline
+    # machine cannot reach (issue 8: everything the server shows ships in the package).
+    # /openapi.json is the description; any OpenAPI viewer or client generator reads it.
+    app = FastAPI(title="resnets serve", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"Image classification with {service.name} ({service.weights}).")
     app.state.service, app.state.status, app.state.batcher = service, "starting", None
     app.state.explaining = 0
