@@ -59,6 +59,14 @@ def test_cosine_with_warmup():
     assert all(s.lr(i) >= s.lr(i + 1) for i in range(10, 110))
 
 
+def test_warmup_in_epochs_rises_every_step_then_milestones_hold_per_epoch():
+    cfg = ScheduleConfig(name="multistep", unit="epoch", warmup=1, milestones=[3, 4], gamma=0.1)
+    s = Schedule(cfg, 0.1, 6 * 78, 78)
+    assert math.isclose(s.lr(0), 0.1 / 78) and math.isclose(s.lr(38), 0.1 * 39 / 78)
+    assert math.isclose(s.lr(77), 0.1) and s.lr(78) == 0.1
+    assert math.isclose(s.lr(3 * 78), 0.01) and math.isclose(s.lr(4 * 78 + 5), 0.001)
+
+
 def test_onecycle_shape():
     cfg = ScheduleConfig(name="onecycle", pct_start=0.25, div_factor=25, final_div_factor=1e4)
     s = Schedule(cfg, 0.4, 100, 10)

@@ -83,8 +83,11 @@ class Schedule:
                 lr = end + (lr0 - end) * (1 + math.cos(math.pi * p)) / 2
             return max(lr * self.plateau_scale, c.plateau_min_lr)
         warmup = self._in_steps(c.warmup)
-        if t < warmup:  # linear warm-up (Goyal et al. 2017); the paper's resnet110 used 0.01 for 400 steps
-            return lr0 * (t + 1) / warmup * self.plateau_scale
+        if step < warmup:
+            # Linear warm-up (Goyal et al. 2017) rises every step, even when `unit` is epoch: held
+            # at each epoch's start it would stay at lr0/steps_per_epoch for a whole 1-epoch warm-up.
+            # The paper's resnet110 used 0.01 for its first 400 steps (He et al. 2015, sec. 4.2).
+            return lr0 * (step + 1) / warmup * self.plateau_scale
         if c.name == "constant":
             lr = lr0
         elif c.name == "multistep":
