@@ -12,7 +12,7 @@ def run_degradation(args) -> int:
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     result = degradation_study(
         data, args.out, models=models, epochs=args.epochs, limit=args.limit, full=args.full,
-        grad_every=args.grad_every, seed=args.seed,
+        grad_every=args.grad_every, warmup=args.warmup, seed=args.seed,
     )
     print(result.report.read_text())
     print(f"figures: {', '.join(str(p) for p in result.figures)}")
@@ -32,5 +32,7 @@ def register(subparsers) -> None:
     deg.add_argument("--limit", type=int, default=10000, help="reduced schedule: training images (default: %(default)s)")
     deg.add_argument("--full", action="store_true", help="the paper's schedule: 64k iterations on 45k images")
     deg.add_argument("--grad-every", type=int, default=20, help="record gradient norms every N steps")
+    deg.add_argument("--warmup", type=int, help="linear lr warm-up for every model: epochs of the reduced schedule "
+                     "(default 1), steps of the full one (default 400)")
     deg.add_argument("--seed", type=int, default=0)
     deg.set_defaults(func=run_degradation)
