@@ -31,6 +31,11 @@ def test_degradation_study_miniature(cifar_train_dir, tmp_path, monkeypatch):
     assert "| plain20 |" in report and "| resnet20 |" in report and "curves.png" in report
     assert (tmp_path / "deg" / "curves.csv").read_text().count("\n") == 1 + 2 * 2
 
+    # The reduced schedule starts the ResNet's residual branches at zero; a plain net cannot.
+    records = {n: json.loads((tmp_path / "deg" / n / "study.json").read_text()) for n in ("plain20", "resnet20")}
+    assert records["resnet20"]["schedule"]["zero_init"] is True and "zero_init" not in records["plain20"]["schedule"]
+    assert "start at zero" in report
+
     # Run again on the same schedule: every model's finished run is reused, nothing retrains.
     def no_training(*_a, **_k):
         raise AssertionError("a finished model was trained again")

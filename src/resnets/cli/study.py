@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 
 
@@ -12,7 +13,7 @@ def run_degradation(args) -> int:
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     result = degradation_study(
         data, args.out, models=models, epochs=args.epochs, limit=args.limit, full=args.full,
-        grad_every=args.grad_every, warmup=args.warmup, seed=args.seed,
+        grad_every=args.grad_every, warmup=args.warmup, zero_init=args.zero_init, seed=args.seed,
     )
     print(result.report.read_text())
     print(f"figures: {', '.join(str(p) for p in result.figures)}")
@@ -34,5 +35,8 @@ def register(subparsers) -> None:
     deg.add_argument("--grad-every", type=int, default=20, help="record gradient norms every N steps")
     deg.add_argument("--warmup", type=int, help="linear lr warm-up for every model: epochs of the reduced schedule "
                      "(default 1), steps of the full one (default 400)")
+    deg.add_argument("--zero-init", action=argparse.BooleanOptionalAction, default=None,
+                     help="start ResNets' residual branches at zero (default: on for the reduced schedule, "
+                     "off for --full, the paper's initialisation)")
     deg.add_argument("--seed", type=int, default=0)
     deg.set_defaults(func=run_degradation)

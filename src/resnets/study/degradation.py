@@ -111,12 +111,21 @@ def degradation_study(
     full: bool = False,
     grad_every: int = 20,
     warmup: int | None = None,
+    zero_init: bool | None = None,
     seed: int = 0,
     progress: bool = True,
     val_size: int = 5000,
     batch_size: int = 128,
 ) -> DegradationResult:
-    """Train ``models`` on one schedule and write the figures and report to ``out_dir``."""
+    """Train ``models`` on one schedule and write the figures and report to ``out_dir``.
+
+    ``zero_init`` (default: on for the reduced schedule, off for the paper's full one) starts every
+    residual branch at zero, its last BN's scale zeroed (Goyal et al. 2017), so that a deep ResNet
+    begins as a shallow one. Without it, resnet56 here trailed resnet20 after the reduced schedule's
+    468 steps (55.4% against 49.8% training error): too few steps for its depth to pay off. Plain
+    networks cannot do the same (a zeroed branch there zeroes the network), which is the point.
+    """
+    zero_init = (not full) if zero_init is None else zero_init
     for name in models:  # fail before hours of training, not after
         model_entry(name)
     out_dir = Path(out_dir)
@@ -126,17 +135,21 @@ def degradation_study(
     schedule = {"data": data, "epochs": epochs, "limit": limit, "full": full, "seed": seed,
                 "val_size": val_size, "batch_size": batch_size, "grad_every": grad_every, "warmup": warmup}
     for name in models:
-        done = _finished_run(out_dir / name, schedule)
+        residual_zero_init = zero_init and not _is_plain(name)
+        schedule_of = {**schedule, "zero_init": True} if residual_zero_init else schedule
+        done = _finished_run(out_dir / name, schedule_of)
         if done is not None:  # a study interrupted after this model: keep its run, train the rest
             histories[name], gradients[name] = done["history"], done["gradients"]
             continue
         recorder = GradientRecorder(grad_every)
         cfg = study_config(name, data, out_dir, epochs=epochs, limit=limit, full=full, seed=seed,
                            progress=progress, val_size=val_size, batch_size=batch_size, warmup=warmup)
+        if residual_zero_init:
+            cfg.model.kwargs = {**cfg.model.kwargs, "zero_init_last": True}
         result = train(cfg, callbacks=[recorder])
         histories[name] = result.history
         gradients[name] = {"layers": recorder.names, "history": recorder.history}
-        record = {"schedule": schedule, "history": result.history, "gradients": gradients[name]}
+        record = {"schedule": schedule_of, "history": result.history, "gradients": gradients[name]}
         atomic_write(out_dir / name / STUDY_RECORD, lambda f, r=record: f.write(json.dumps(r).encode()))
     (out_dir / "gradients.json").write_text(json.dumps(gradients))
     with open(out_dir / "curves.csv", "w", newline="") as f:
@@ -149,7 +162,7 @@ def degradation_study(
     final = {n: {"train_error": 1 - h[-1]["train_acc"], "val_error": 1 - h[-1].get("val_acc", float("nan"))}
              for n, h in histories.items()}
     report = write_report(out_dir, final, gradients, full=full, epochs=epochs, limit=limit, data=data,
-                          warmup=warmup, batch_size=batch_size)
+                          warmup=warmup, batch_size=batch_size, zero_init=zero_init)
     return DegradationResult(out_dir, final, report, figures)
 
 
@@ -170,9 +183,13 @@ def _finished_run(run_dir: Path, schedule: dict) -> dict | None:
     return None
 
 
+def _is_plain(name: str) -> bool:
+    return name.startswith("plain")
+
+
 def _pairs(names) -> list[tuple[str, list[str]]]:
-    plain = [n for n in names if n.startswith("plain")]
-    residual = [n for n in names if not n.startswith("plain")]
+    plain = [n for n in names if _is_plain(n)]
+    residual = [n for n in names if not _is_plain(n)]
     return [(title, group) for title, group in (("plain networks", plain), ("ResNets", residual)) if group]
 
 
@@ -232,33 +249,44 @@ def plot_gradients(gradients: dict[str, dict], path: Path) -> Path:
 
 
 def _first_last_ratio(norms: list[float]) -> float:
-    return norms[0] / norms[-2] if len(norms) > 1 and norms[-2] > 0 else float("nan")
+    return norms[0] / norms[-1] if len(norms) > 1 and norms[-1] > 0 else float("nan")
 
 
 def write_report(out_dir: Path, final: dict, gradients: dict, *, full: bool, epochs: int, limit: int,
-                 data: str | None, warmup: int | None = None, batch_size: int = 128) -> Path:
+                 data: str | None, warmup: int | None = None, batch_size: int = 128,
+                 zero_init: bool = False) -> Path:
     if full:
         schedule = f"full (64k iterations, 45k/5k split, {400 if warmup is None else warmup}-step warm-up)"
     else:
         schedule = f"reduced ({epochs} epochs on {limit} training images, {1 if warmup is None else warmup}-epoch warm-up)"
     schedule += f"; SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch {batch_size}, lr /10 at 50% and 75%"
+    if zero_init:
+        schedule += "; ResNets' residual branches start at zero (last BN scale 0, Goyal et al. 2017)"
     lines = [
         "# Degradation study", "",
         f"Schedule: {schedule}; data: {data or 'the bundled CIFAR-10 sample'}. "
         "Command: `resnets study degradation" + (" --full" if full else f" --epochs {epochs} --limit {limit}")
+        + ("" if zero_init == (not full) else (" --zero-init" if zero_init else " --no-zero-init"))
         + (f" --data {data}`" if data else "`"), "",
         "| model | final training error (%) | final validation error (%) |",
         "|---|---:|---:|",
     ]
     for name, row in final.items():
         lines.append(f"| {name} | {100 * row['train_error']:.2f} | {100 * row['val_error']:.2f} |")
-    lines += ["", "Gradient norm of the first conv divided by the last stage's last conv "
-              "(small: the signal vanishes before it reaches the input):", "",
+    lines += ["", "Gradient norm of the first conv divided by that of the last conv before the classifier. "
+              "Near 1, the gradient reaches the input layers intact; far above 1 it explodes on the way "
+              "back, far below 1 it vanishes (a deep plain net with batch norm can do both: "
+              "explode at initialisation, vanish later in training):", "",
               "| model | at initialisation | end of training |", "|---|---:|---:|"]
     for name, g in gradients.items():
         if g["history"]:
             lines.append(f"| {name} | {_first_last_ratio(g['history'][0][1]):.3g} | "
                          f"{_first_last_ratio(g['history'][-1][1]):.3g} |")
+    if zero_init:
+        lines += ["", "With residual branches started at zero, every branch conv begins with a near-zero "
+                  "gradient (its output is scaled by a zero BN weight) while the stem's gradient arrives "
+                  "through the skips, so the ResNets' ratio at initialisation is large by construction; "
+                  "`--no-zero-init` gives the paper's initialisation."]
     ordering = []
     if {"plain20", "plain56"} <= final.keys():
         ok = final["plain56"]["train_error"] > final["plain20"]["train_error"]
