@@ -23,9 +23,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from .batcher import Batcher, Closed, QueueFull
-from .errors import ApiError, ErrorBody, install, overloaded
+from .errors import ApiError, ErrorBody, install, overloaded, timed_out
 from .inputs import decode, decode_all, uploads
-from .service import ModelService
+from .service import EXPLAIN_MIN_SIDE, ModelService
 
 STATIC = Path(str(files("resnets") / "serve" / "static"))
 # Grad-CAM needs a backward pass and runs outside the batcher; a few may wait for the model.
@@ -185,7 +185,7 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
                     x = service.inputs([d.array for d in decoded])
                 probs = await batcher.submit(x)
         except TimeoutError:
-            raise ApiError(504, "timeout", f"no answer within {timeout_s:g} s (--timeout)") from None
+            raise timed_out(timeout_s) from None
         except QueueFull as exc:
             raise overloaded(f"server busy: {exc}") from None
         except Closed as exc:
@@ -206,7 +206,7 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
                       target: str | None = Query(None, alias="class", description="class name or index "
                                                  "(default: the prediction)"),
                       scale: int | None = Query(None, ge=1, le=16, description="enlargement (default: to at "
-                                                f"least {224} px)")):
+                                                f"least {EXPLAIN_MIN_SIDE} px)")):
         """Grad-CAM (where the evidence for a class lies) over one image: a multipart part named
         "image", or JSON {"image": base64}."""
         ready_batcher()
@@ -220,7 +220,7 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
                 decoded = await asyncio.to_thread(decode, found, service.meta, max_pixels)
                 result = await asyncio.to_thread(service.explain, decoded.array, index, scale)
         except TimeoutError:
-            raise ApiError(504, "timeout", f"no answer within {timeout_s:g} s (--timeout)") from None
+            raise timed_out(timeout_s) from None
         finally:
             app.state.explaining -= 1
         names = service.classes

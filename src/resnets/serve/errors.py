@@ -30,6 +30,10 @@ def overloaded(message: str, retry_after_s: int = 1) -> ApiError:
     return ApiError(503, "overloaded", message, {"Retry-After": str(retry_after_s)})
 
 
+def timed_out(timeout_s: float) -> ApiError:
+    return ApiError(504, "timeout", f"no answer within {timeout_s:g} s (--timeout)")
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str

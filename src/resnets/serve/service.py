@@ -36,8 +36,8 @@ class ModelService:
         self.input_size = list(loaded.input_size)
         num_classes = getattr(self.model, "num_classes", None) or len(loaded.classes or ())
         self.classes = list(loaded.classes or (str(i) for i in range(num_classes)))
-        self.mean = list(self.meta["mean"]) if self.meta.get("mean") else None
-        self.std = list(self.meta["std"]) if self.meta.get("std") else None
+        self.mean = list(loaded.mean) if loaded.mean else None
+        self.std = list(loaded.std) if loaded.std else None
         path = resolve(self.name, weights)
         self.sha256 = sha256_of(path)
         self.weights = Path(str(weights)).name  # the file's name or the shipped tag, not the server's paths
