@@ -36,6 +36,7 @@ from resnets.deploy import (
     quantize_static,
     save_overlays,
     sparsity,
+    to_channels_last,
 )
 from resnets.deploy.data import normalize, open_split, split_settings, take
 
@@ -406,6 +407,24 @@ def test_bench_infer_json(capsys):
     for r in rows.values():
         assert r["latency_ms"] > 0 and r["throughput"] > 0
         assert r["throughput_ratio"] == pytest.approx(r["throughput"] / rows["torchvision"]["throughput"])
+
+
+def test_compile_for_cpu_freezes_and_prepacks_weights():
+    """The compiled model must really be frozen: oneDNN weight pre-packing only happens then."""
+    from torch._dynamo.utils import counters
+
+    from resnets.deploy import compile_for_cpu
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = fold_bn(resnets.create_model("resnet20").eval())
+    x = torch.randn(2, 3, 32, 32)
+    expected = model(x)
+    compiled = compile_for_cpu(to_channels_last(model))
+    out = compiled(x.contiguous(memory_format=torch.channels_last))
+    assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] > 0
+    assert not out.requires_grad
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow

@@ -4,9 +4,11 @@ and ``torch.compile`` set up for CPU inference."""
 from __future__ import annotations
 
 import copy
+import functools
+from collections.abc import Callable
 
 import torch
-from torch import fx, nn
+from torch import Tensor, fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
@@ -57,7 +59,22 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def compile_for_cpu(model: nn.Module, dynamic: bool | None = False):
+def compile_for_cpu(model: nn.Module, dynamic: bool | None = False) -> Callable[..., Tensor]:
     """``torch.compile`` with inductor's freezing, which treats the weights as constants so
-    convolutions get pre-packed oneDNN weights and constant folding (inference only)."""
-    return torch.compile(model.eval(), dynamic=dynamic, options={"freezing": True})
+    convolutions get pre-packed oneDNN weights, fused ReLU/addition post-ops and constant folding
+    (inference only: the returned callable runs under ``no_grad``).
+
+    Freezing is switched on around every call rather than by ``torch.compile(options=...)``: in
+    torch 2.14 ``compile_fx`` reads ``config.freezing`` outside the options' patch, so
+    ``options={"freezing": True}`` compiled without freezing (no weight was pre-packed; found by
+    counting inductor's ``mkldnn_conv_weight_pack`` matches, now asserted in tests/test_deploy.py).
+    Patching at call time also covers recompilations for new input shapes.
+    """
+    compiled = torch.compile(model.eval(), dynamic=dynamic)
+
+    @functools.wraps(model.forward)
+    def run(*args, **kwargs):
+        with torch._inductor.config.patch(freezing=True), torch.no_grad():
+            return compiled(*args, **kwargs)
+
+    return run
