@@ -39,6 +39,7 @@ from resnets.deploy import (
     to_channels_last,
 )
 from resnets.deploy.data import normalize, open_split, split_settings, take
+from resnets.pretrained import RECORDS
 
 TRAIN_IMAGES, VAL_IMAGES, EPOCHS = 2500, 1000, 3
 # Worst int8 result accepted on the 1,000-image validation sample (weakly trained model, so
@@ -176,6 +177,21 @@ def test_int8_static_quantization_keeps_accuracy_on_real_validation(trained, cif
     assert report.fp32_top1 > 25
     assert report.drop <= MAX_INT8_DROP_POINTS
     assert report.agreement >= MIN_INT8_AGREEMENT
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=lambda r: f"{r.model}-{r.tag}")
+def test_int8_of_shipped_weights_meets_the_half_point_goal(record, cifar_train_dir, capsys):
+    """Issue 7's goal, on converged weights and the whole 5k held-out split: post-training int8
+    loses at most 0.5 points of top-1 (``--strict`` makes the command fail above ``--max-drop``)."""
+    from resnets.cli import main
+
+    rc = main(["quantize", "--model", record.model, "--weights", record.tag, "--data", str(cifar_train_dir),
+               "--val", "5000", "--max-drop", "0.5", "--strict", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    print(f"\n{record.model}: fp32 {result['fp32_top1']:.2f}% -> int8 {result['int8_top1']:.2f}%")
+    assert rc == 0 and result["images"] == 5000
+    assert result["fp32_top1"] == pytest.approx(100 * record.metrics["val_top1"], abs=0.01)
+    assert result["drop"] <= 0.5
 
 
 # ---- pruning -------------------------------------------------------------------------------------
