@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 
 from resnets.train import train
 from resnets.train.config import load_config
-from test_train_engine import make_subset
+from test_train_engine import _nan_once, make_subset
 
 
 def _config(data, out, name):
@@ -30,11 +31,15 @@ def _config(data, out, name):
         "train.threads=1", "train.device=cpu"])
 
 
-def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+def _worker(rank: int, world: int, port: int, data: str, out: str, name: str = "ddp",
+            nan_on_rank: int | None = None) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
-        train(_config(data, out, "ddp"))
+        cfg = _config(data, out, name)
+        if nan_on_rank is not None:
+            cfg.train.skip_nonfinite = True
+        train(cfg, callbacks=[_nan_once] if rank == nan_on_rank else [])
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -65,3 +70,23 @@ def test_two_gloo_processes_match_one_process(cifar_train_dir, tmp_path, monkeyp
     assert int(last_ddp["step"]) == last_one["step"] == 6
     assert float(last_ddp["train_loss"]) == pytest.approx(last_one["train_loss"], rel=1e-4)
     assert float(last_ddp["val_acc"]) == pytest.approx(last_one["val_acc"], abs=1 / 24 + 1e-9)
+
+
+def test_a_nonfinite_loss_on_one_process_is_skipped_by_all(cifar_train_dir, tmp_path, monkeypatch):
+    """Rank 1 alone sees a NaN loss at step 3. Every rank must skip that batch together: a rank
+    skipping alone leaves DDP's gradient all-reduce out of step, and the run hangs or desyncs."""
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+    data = make_subset(cifar_train_dir, tmp_path / "train", 12)
+    context = mp.start_processes(_worker, args=(2, _free_port(), str(data), str(tmp_path), "nan", 1),
+                                 nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 240
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("DDP run with a NaN loss on one rank did not finish in 240 s (ranks out of step)")
+    rows = (tmp_path / "nan" / "metrics.csv").read_text().splitlines()
+    last = dict(zip(rows[0].split(","), rows[-1].split(",")))
+    assert int(last["step"]) == 5  # 2 epochs of 3 steps, the NaN step skipped by both ranks
+    weights = load_file(str(tmp_path / "nan" / "final.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())

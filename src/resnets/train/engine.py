@@ -128,6 +128,16 @@ def _broadcast(obj: Any, world: int) -> Any:
     return box[0]
 
 
+def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:
+    """Whether the loss is finite on every process. Under DDP all ranks must take the same branch:
+    a rank that skipped (or stopped) alone would leave the others' gradient all-reduce waiting
+    for it, or pair their buckets with its next batch's (tests/test_train_ddp.py)."""
+    finite = torch.isfinite(loss.detach()).to(torch.int32)
+    if world > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
 class _StopOnSigint:
     """First Ctrl-C: finish the current step, write a resumable checkpoint, stop. Second: stop now."""
 
@@ -409,8 +419,10 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
                             with autocast:
                                 logits = model(x)
                                 loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
-                            if not torch.isfinite(loss):
-                                raise NonFiniteLossError(f"loss is {loss.item()} at {where}")
+                            if not _finite_everywhere(loss, world):
+                                value = loss.item()
+                                raise NonFiniteLossError(f"loss is {value} at {where}" if not math.isfinite(value)
+                                                         else f"loss is not finite on another process at {where}")
                             (scaler.scale(loss / n_micro) if scaler else loss / n_micro).backward()
                     except NonFiniteLossError as exc:
                         if not t.skip_nonfinite:
