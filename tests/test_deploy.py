@@ -414,29 +414,42 @@ def test_bench_infer_json(capsys):
     from resnets.cli import main
 
     rc = main(["bench", "infer", "--model", "resnet18", "--size", "64", "--batch", "4", "--iters", "2",
-               "--warmup", "1", "--variants", "torchvision,eager,channels_last,int8", "--json"])
+               "--warmup", "1", "--variants", "torchvision,eager,channels_last,bf16,int8", "--json"])
     result = json.loads(capsys.readouterr().out)
-    assert rc == 0
+    assert rc == 0 and result["device"] == "cpu"
     rows = {r["variant"]: r for r in result["rows"]}
-    assert list(rows) == ["torchvision", "eager", "channels_last", "int8"]
+    assert list(rows) == ["torchvision", "eager", "channels_last", "bf16", "int8"]
     assert rows["torchvision"]["throughput_ratio"] == 1.0
     for r in rows.values():
         assert r["latency_ms"] > 0 and r["throughput"] > 0
         assert r["throughput_ratio"] == pytest.approx(r["throughput"] / rows["torchvision"]["throughput"])
 
 
-def test_compile_for_cpu_freezes_and_prepacks_weights():
+def test_bench_infer_device_errors_name_the_problem(capsys):
+    from resnets.cli import main
+    from resnets.deploy.bench import bench_infer
+
+    with pytest.raises(ValueError, match="int8, onnxruntime run on the CPU only"):
+        bench_infer("resnet18", variants=("eager", "int8", "onnxruntime"), device="cuda")
+    with pytest.raises(ValueError, match="runs on cpu or cuda"):
+        bench_infer("resnet18", device="mps")
+    if not torch.cuda.is_available():
+        assert main(["bench", "infer", "--model", "resnet18", "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_compile_for_inference_freezes_and_prepacks_weights():
     """The compiled model must really be frozen: oneDNN weight pre-packing only happens then."""
     from torch._dynamo.utils import counters
 
-    from resnets.deploy import compile_for_cpu
+    from resnets.deploy import compile_for_inference
 
     torch._dynamo.reset()
     counters.clear()
     model = fold_bn(resnets.create_model("resnet20").eval())
     x = torch.randn(2, 3, 32, 32)
     expected = model(x)
-    compiled = compile_for_cpu(to_channels_last(model))
+    compiled = compile_for_inference(to_channels_last(model))
     out = compiled(x.contiguous(memory_format=torch.channels_last))
     assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] > 0
     assert not out.requires_grad

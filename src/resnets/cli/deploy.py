@@ -288,17 +288,21 @@ def run_explain(args) -> int:
 # ---- bench infer ------------------------------------------------------------------------------
 
 def run_bench_infer(args) -> int:
-    from ..deploy.bench import VARIANTS, bench_infer
+    from ..deploy.bench import bench_infer
 
-    variants = tuple(args.variants.split(",")) if args.variants else VARIANTS
+    variants = tuple(args.variants.split(",")) if args.variants else None
     from ..deploy.data import data_dir
 
     data = data_dir(args.data)
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    rows = bench_infer(args.model, args.size, args.batch, args.iters, args.warmup, variants, data,
-                       log=lambda m: _say(args, m))
+    try:
+        rows = bench_infer(args.model, args.size, args.batch, args.iters, args.warmup, variants, data,
+                           log=lambda m: _say(args, m), device=args.device)
+    except ValueError as exc:
+        raise UsageError(f"bench infer: {exc}") from None
     meta = {"model": args.model, "size": args.size, "batch": args.batch, "iters": args.iters,
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": _cpu_name()}
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": _cpu_name(),
+            "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"}
     if args.json:
         print(json.dumps({**meta, "rows": [r.to_dict() for r in rows]}, indent=2))
         return 0
@@ -308,7 +312,8 @@ def run_bench_infer(args) -> int:
     from ..registry import model_entry
 
     side = args.size or model_entry(args.model).input_size[1]
-    table = Table(title=f"{args.model} at {side}x{side}, {meta['threads']} threads, {meta['cpu']}, "
+    where = meta["device"] if args.device.startswith("cuda") else f"{meta['threads']} threads, {meta['cpu']}"
+    table = Table(title=f"{args.model} at {side}x{side}, {where}, "
                         f"median of {args.iters}")
     for column in ("variant", "latency b=1 (ms)", "speed-up", f"throughput b={args.batch} (img/s)", "ratio",
                    "set-up (s)", "note"):
@@ -401,16 +406,20 @@ def register(subparsers) -> None:
     p.add_argument("--data", help="image folder whose statistics normalise the input when nothing else does")
     p.set_defaults(func=run_explain)
 
+    from ..deploy.bench import DEFAULT_VARIANTS, VARIANTS  # the names only: torch is imported already
+
     bench = subparsers.add_parser("bench", help="benchmarks")
     sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
-    p = sub.add_parser("infer", help="CPU inference: torchvision eager vs ours eager/channels-last/compiled/int8/ORT")
+    p = sub.add_parser("infer", help="inference: torchvision eager vs ours eager/channels-last/compiled/int8/ORT "
+                                     "(CPU) or compiled/bf16 (GPU)")
     p.add_argument("--model", default="resnet50")
     p.add_argument("--size", type=int, help="input side (default: the model's, 224 for resnet50)")
     p.add_argument("--batch", type=int, default=32, help="batch size for throughput")
     p.add_argument("--iters", type=int, default=10, help="timed calls per measurement (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (compilation happens here)")
-    p.add_argument("--variants", help="comma-separated subset of: torchvision,eager,channels_last,"
-                                      "folded_compiled,int8,onnxruntime")
+    p.add_argument("--variants", help="comma-separated subset of: " + ",".join(VARIANTS) + " (default: "
+                   + ",".join(DEFAULT_VARIANTS["cpu"]) + "; on cuda " + ",".join(DEFAULT_VARIANTS["cuda"]) + ")")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU figures (fp32, compiled, bf16)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--data", help="real images for int8 calibration, from the training part of the split "
                                   "(default: $RESNETS_DATA)")

@@ -15,7 +15,7 @@ from .export import (
     export_torchscript,
     load_exported,
 )
-from .fuse import compile_for_cpu, conv_bn_pairs, fold_bn, to_channels_last
+from .fuse import compile_for_inference, conv_bn_pairs, fold_bn, to_channels_last
 from .gradcam import default_target_layer, grad_cam, overlay, save_overlays
 from .prune import fine_tune, prune_structured, prune_unstructured, sparsity
 from .quantize import QuantReport, accuracy, compare_accuracy, predict, quantize_aware_train, quantize_static
@@ -23,7 +23,7 @@ from .weights import LoadedModel, load_model
 
 __all__ = [
     "FORMATS", "LoadedModel", "Parity", "QuantReport", "accuracy", "compare", "compare_accuracy",
-    "compile_for_cpu", "conv_bn_pairs", "default_target_layer", "export", "export_onnx", "export_pt2",
+    "compile_for_inference", "conv_bn_pairs", "default_target_layer", "export", "export_onnx", "export_pt2",
     "export_torchscript", "fine_tune", "fold_bn", "grad_cam", "load_exported", "load_model", "overlay",
     "predict", "prune_structured", "prune_unstructured", "quantize_aware_train", "quantize_static",
     "save_overlays", "sparsity", "to_channels_last",

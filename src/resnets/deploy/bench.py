@@ -1,5 +1,7 @@
 """Inference benchmark: torchvision's eager model (the baseline) against our model eager,
-channels-last, BN-folded + compiled, int8 and in onnxruntime, on this machine's CPU.
+channels-last, BN-folded + compiled, int8 and in onnxruntime, on this machine's CPU; on a GPU
+(``device="cuda"``) eager, channels-last, compiled, bf16 and bf16 compiled instead (int8 here is
+x86 FX graph mode and onnxruntime the CPU provider, so both are CPU-only).
 
 Latency is the median of ``iters`` timed calls at batch 1; throughput is images per second at
 ``batch`` (median call). Each variant gets ``warmup`` untimed calls first; for the compiled one
@@ -20,9 +22,17 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import create_model, model_entry
-from .fuse import compile_for_cpu, fold_bn, to_channels_last
+from .fuse import compile_for_inference, fold_bn, to_channels_last
 
-VARIANTS = ("torchvision", "eager", "channels_last", "folded_compiled", "int8", "onnxruntime")
+VARIANTS = ("torchvision", "eager", "channels_last", "folded_compiled", "bf16", "bf16_compiled", "int8",
+            "onnxruntime")
+CPU_ONLY = ("int8", "onnxruntime")
+# What runs when no variants are named. bf16 is left out on CPU: without native bf16 instructions
+# (AVX-512 BF16 / AMX) it is emulated and slower than fp32, and it is not what a CPU deployment uses.
+DEFAULT_VARIANTS = {
+    "cpu": ("torchvision", "eager", "channels_last", "folded_compiled", "int8", "onnxruntime"),
+    "cuda": ("torchvision", "eager", "channels_last", "folded_compiled", "bf16", "bf16_compiled"),
+}
 
 
 @dataclass
@@ -50,6 +60,15 @@ def _time(fn: Callable[[], object], iters: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def _synchronized(fn: Callable) -> Callable:
+    def run(*args):
+        out = fn(*args)
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
 def _torchvision_model(name: str) -> nn.Module | None:
     import torchvision
 
@@ -73,15 +92,25 @@ def _calibration(size: int, n: int, data_dir: str | Path | None) -> tuple[Tensor
 
 
 def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 32, iters: int = 10,
-                warmup: int = 2, variants: tuple[str, ...] = VARIANTS, data_dir: str | Path | None = None,
-                calibration_images: int = 64, log: Callable[[str], None] | None = None) -> list[BenchRow]:
+                warmup: int = 2, variants: tuple[str, ...] | None = None, data_dir: str | Path | None = None,
+                calibration_images: int = 64, log: Callable[[str], None] | None = None,
+                device: str = "cpu") -> list[BenchRow]:
     log = log or (lambda _msg: None)
+    dev = torch.device(device)
+    if dev.type not in DEFAULT_VARIANTS:
+        raise ValueError(f"device {device!r}: the benchmark runs on cpu or cuda")
+    variants = tuple(variants) if variants else DEFAULT_VARIANTS[dev.type]
     entry = model_entry(model)
     size = size or entry.input_size[1]
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
-    x1, xb = torch.randn(1, 3, size, size), torch.randn(batch, 3, size, size)
+    if dev.type != "cpu" and set(variants) & set(CPU_ONLY):
+        raise ValueError(f"variants {', '.join(v for v in CPU_ONLY if v in variants)} run on the CPU only; "
+                         f"leave them out on {device}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine")
+    x1, xb = torch.randn(1, 3, size, size, device=dev), torch.randn(batch, 3, size, size, device=dev)
 
     ours = create_model(model).eval()
     reference = _torchvision_model(model)
@@ -89,8 +118,10 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
     if reference is not None:
         # Same weights in both, so the comparison is of implementations, not of initialisations.
         ours.load_state_dict(reference.state_dict())
+        reference = reference.to(dev)
     else:
         reference, baseline_note = ours, f"torchvision has no {model}: ours eager is the baseline"
+    ours = ours.to(dev)
 
     rows: list[BenchRow] = []
 
@@ -102,6 +133,8 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
         log(f"{variant}: building")
         start = time.perf_counter()
         run, note = build()
+        if dev.type == "cuda":  # kernels are asynchronous: time until they have finished
+            run = _synchronized(run)
         a, b = convert(x1), convert(xb)
         with torch.no_grad():
             # Warm-up of both shapes counts as set-up: it is where torch.compile compiles.
@@ -117,6 +150,12 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
 
     def channels_last(t: Tensor) -> Tensor:
         return t.contiguous(memory_format=torch.channels_last)
+
+    def to_bf16(t: Tensor) -> Tensor:
+        return t.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+
+    def bf16_model() -> nn.Module:
+        return fold_bn(ours).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
 
     def build_int8():
         from .quantize import quantize_static
@@ -143,8 +182,11 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
     measure("eager", lambda: (ours, "resnets, NCHW"))
     measure("channels_last", lambda: (to_channels_last(copy.deepcopy(ours)), "NHWC weights and input"),
             channels_last)
-    measure("folded_compiled", lambda: (compile_for_cpu(to_channels_last(fold_bn(ours))),
+    measure("folded_compiled", lambda: (compile_for_inference(to_channels_last(fold_bn(ours))),
                                         "BN folded, channels-last, inductor with freezing"), channels_last)
+    measure("bf16", lambda: (bf16_model(), "BN folded, bf16 weights and input, channels-last"), to_bf16)
+    measure("bf16_compiled", lambda: (compile_for_inference(bf16_model()), "bf16, BN folded, channels-last, inductor "
+                                      "with freezing"), to_bf16)
     measure("int8", build_int8)
     measure("onnxruntime", build_ort, lambda t: t.numpy())
 

@@ -59,10 +59,10 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def compile_for_cpu(model: nn.Module, dynamic: bool | None = False) -> Callable[..., Tensor]:
-    """``torch.compile`` with inductor's freezing, which treats the weights as constants so
-    convolutions get pre-packed oneDNN weights, fused ReLU/addition post-ops and constant folding
-    (inference only: the returned callable runs under ``no_grad``).
+def compile_for_inference(model: nn.Module, dynamic: bool | None = False) -> Callable[..., Tensor]:
+    """``torch.compile`` with inductor's freezing, which treats the weights as constants: on CPU
+    convolutions get pre-packed oneDNN weights and fused ReLU/addition post-ops; on any device
+    constants are folded (inference only: the returned callable runs under ``no_grad``).
 
     Freezing is switched on around every call rather than by ``torch.compile(options=...)``: in
     torch 2.14 ``compile_fx`` reads ``config.freezing`` outside the options' patch, so
