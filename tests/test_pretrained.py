@@ -11,7 +11,7 @@ import torch
 import resnets
 from resnets.cli import main
 from resnets.data import open_dataset, split_train_val
-from resnets.pretrained import RECORDS, find, sha256_of
+from resnets.pretrained import RECORDS, sha256_of
 from resnets.train import read_metadata
 
 
@@ -39,9 +39,9 @@ def test_shipped_resnet20_classifies_real_images(cifar_train_dir):
     assert accuracy > 0.75
 
 
-def test_eval_reproduces_recorded_accuracy_on_the_5k_split(cifar_train_dir, capsys, tmp_path):
-    record = find("resnet20", "cifar10")
-    code = main(["eval", "--model", "resnet20", "--weights", "cifar10", "--data", str(cifar_train_dir),
+@pytest.mark.parametrize("record", RECORDS, ids=lambda r: f"{r.model}-{r.tag}")
+def test_eval_reproduces_recorded_accuracy_on_the_5k_split(record, cifar_train_dir, capsys, tmp_path):
+    code = main(["eval", "--model", record.model, "--weights", record.tag, "--data", str(cifar_train_dir),
                  "--holdout", "--json", "--confusion", str(tmp_path / "cm.png")])
     assert code == 0
     result = json.loads(capsys.readouterr().out)

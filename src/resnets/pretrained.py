@@ -48,6 +48,21 @@ RECORDS: list[WeightsRecord] = [
         hardware="2-core x86 CPU (shared with other jobs during the run), no GPU",
         wall_time="2,699 s of training (10 epochs, 1,750 steps of 256)",
     ),
+    WeightsRecord(
+        model="resnet56",
+        tag="cifar10",
+        file="resnet56_cifar10.safetensors",
+        sha256="829f1ddfdb3993a313edc71c5530562f3d21285168ce6884f6458f6c1bde1df0",
+        classes=CIFAR10_CLASSES,
+        mean=(0.491376, 0.482182, 0.446706),
+        std=(0.245233, 0.242864, 0.260666),
+        # Same split and check as resnet20's: `resnets eval --model resnet56 --weights cifar10 --data DIR --holdout`.
+        metrics={"val_top1": 0.8436, "val_top5": 0.9912},
+        command="resnets train --config configs/cifar10_fast.yaml --data ../shared/datasets/cifar10-jpeg/train "
+                "--set model.name=resnet56",
+        hardware="2-core x86 CPU (AMD EPYC, AVX2); other jobs ran on it during the first two epochs",
+        wall_time="5,136 s of training (10 epochs, 1,750 steps of 256)",
+    ),
 ]
 
 
