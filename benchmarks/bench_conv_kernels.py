@@ -5,10 +5,10 @@ variant) and in onnxruntime's own kernels (MLAS, NCHWc layout), shape by shape.
     python benchmarks/bench_conv_kernels.py --model resnet50 --batch 8 --threads 1
 
 oneDNN: the BN-folded network with weights pre-packed and activations in oneDNN's blocked layout
-(``torch.utils.mkldnn``, so no reorder between layers), per-conv times from PyTorch's profiler
-over a whole forward pass, the last of ``--iters``.
+(``torch.utils.mkldnn``, so no reorder between layers), per-conv times from PyTorch's profiler.
 onnxruntime: its profiler's per-node kernel times for the same network (BN folded by ORT's own
-graph optimiser, ReLU and additions fused into the conv as ORT does), last of ``--iters`` runs.
+graph optimiser, ReLU and additions fused into the conv as ORT does). Both sides: each conv's
+fastest of ``--iters`` whole passes after one warm-up pass.
 Convolutions are grouped by shape (in, out, kernel, stride, output size); GFLOP/s counts a
 multiply-add as 2.
 """
@@ -50,23 +50,24 @@ def shape_key(in_ch: int, out_ch: int, kernel: int, stride: int, out_hw: int) ->
 
 def time_onednn(model: nn.Module, x: torch.Tensor, iters: int) -> dict[str, list[float]]:
     """Per-conv times from the profiler over whole forward passes of the blocked-layout model, so
-    caches hold what they would in real use (as in onnxruntime's profile); the last pass counts."""
+    caches hold what they would in real use (as in onnxruntime's profile); each conv's fastest of
+    ``iters`` passes after a warm-up one (the machine is shared: the minimum is the least noisy)."""
     inputs = conv_inputs(model, x)  # insertion order = call order
     blocked = torch.utils.mkldnn.to_mkldnn(copy.deepcopy(model))
     with torch.no_grad():
-        for _ in range(iters - 1):
-            blocked(x.to_mkldnn())
+        blocked(x.to_mkldnn())
         with torch.profiler.profile() as prof:
-            blocked(x.to_mkldnn())
+            for _ in range(iters):
+                blocked(x.to_mkldnn())
     events = [e for e in prof.events() if e.name == "aten::mkldnn_convolution"]
-    if len(events) != len(inputs):
-        raise RuntimeError(f"profiled {len(events)} oneDNN convolutions for {len(inputs)} Conv2d modules")
+    if len(events) != iters * len(inputs):
+        raise RuntimeError(f"profiled {len(events)} oneDNN convolutions for {iters} x {len(inputs)} Conv2d calls")
     times = collections.defaultdict(list)
-    for (name, inp), event in zip(inputs.items(), events, strict=True):
+    for i, (name, inp) in enumerate(inputs.items()):
         conv = model.get_submodule(name)
         out_hw = (inp.size(-1) + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
         key = shape_key(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0], out_hw)
-        times[key].append(event.cpu_time_total / 1e3)
+        times[key].append(min(e.cpu_time_total for e in events[i::len(inputs)]) / 1e3)
     return times
 
 
@@ -81,14 +82,16 @@ def time_onnxruntime(model: nn.Module, x: torch.Tensor, iters: int, threads: int
     options.enable_profiling = True
     options.profile_file_prefix = str(folder / "profile")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for _ in range(iters):
+    for _ in range(iters + 1):
         session.run(None, {"input": x.numpy()})
     events = json.loads(Path(session.end_profiling()).read_text())
     convs = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
              and e["args"].get("op_name") == "Conv"]
-    per_run = len(convs) // iters
+    per_run = len(convs) // (iters + 1)
+    convs = convs[per_run:]  # the first run warms up, as for oneDNN
     times = collections.defaultdict(list)
-    for event in convs[-per_run:]:  # the last run: warm caches, as for oneDNN
+    for i, event in enumerate(convs[:per_run]):
+        event = {**event, "dur": min(e["dur"] for e in convs[i::per_run])}  # fastest of the runs
         inputs, output = event["args"]["input_type_shape"], event["args"]["output_type_shape"][0]
         weight = next(iter(inputs[1].values()))
         # Activations may be NCHW or ORT's NCHWc ([N, C/8, H, W, 8]): H is dimension 2 in both.
