@@ -49,6 +49,21 @@ RECORDS: list[WeightsRecord] = [
         wall_time="2,699 s of training (10 epochs, 1,750 steps of 256)",
     ),
     WeightsRecord(
+        model="resnet32",
+        tag="cifar10",
+        file="resnet32_cifar10.safetensors",
+        sha256="e8952e7f73beb9bd3a88cec7726a4fadeef2dff6b2d95b464751de5380a2acc9",
+        classes=CIFAR10_CLASSES,
+        mean=(0.491376, 0.482182, 0.446706),
+        std=(0.245233, 0.242864, 0.260666),
+        # Same split and check as resnet20's: `resnets eval --model resnet32 --weights cifar10 --data DIR --holdout`.
+        metrics={"val_top1": 0.8372, "val_top5": 0.9898},
+        command="resnets train --config configs/cifar10_fast.yaml --data ../shared/datasets/cifar10-jpeg/train "
+                "--set model.name=resnet32",
+        hardware="2-core x86 CPU (AMD EPYC, AVX2), otherwise idle",
+        wall_time="2,260 s of training (10 epochs, 1,750 steps of 256)",
+    ),
+    WeightsRecord(
         model="resnet56",
         tag="cifar10",
         file="resnet56_cifar10.safetensors",
