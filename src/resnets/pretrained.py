@@ -31,53 +31,30 @@ class WeightsRecord:
         return Path(str(files("resnets") / "assets" / "weights" / self.file))
 
 
+def _cifar10_fast(model: str, sha256: str, top1: float, top5: float, seconds: str, hardware: str) -> WeightsRecord:
+    """A model trained by ``configs/cifar10_fast.yaml`` (10 epochs, 1,750 steps of 256) on the 45k
+    part of CIFAR-10 (JPEG q75) train. The metrics are on the 5,000 images held out by
+    split_train_val(seed 0); `resnets eval --model MODEL --weights cifar10 --data DIR --holdout`
+    reproduces them (tests/test_pretrained.py)."""
+    command = "resnets train --config configs/cifar10_fast.yaml --data ../shared/datasets/cifar10-jpeg/train"
+    if model != "resnet20":  # the recipe's own model
+        command += f" --set model.name={model}"
+    return WeightsRecord(
+        model=model, tag="cifar10", file=f"{model}_cifar10.safetensors", sha256=sha256, classes=CIFAR10_CLASSES,
+        mean=(0.491376, 0.482182, 0.446706), std=(0.245233, 0.242864, 0.260666),
+        metrics={"val_top1": top1, "val_top5": top5}, command=command, hardware=hardware,
+        wall_time=f"{seconds} s of training (10 epochs, 1,750 steps of 256)",
+    )
+
+
 # From runs of the project's own recipes; RESULTS.md gives the commands and the timings.
 RECORDS: list[WeightsRecord] = [
-    WeightsRecord(
-        model="resnet20",
-        tag="cifar10",
-        file="resnet20_cifar10.safetensors",
-        sha256="6fa1de9bde2e4f4bd882f6907d3a2cdfac836fa3a00b77b88cd89a123ffaaa54",
-        classes=CIFAR10_CLASSES,
-        mean=(0.491376, 0.482182, 0.446706),
-        std=(0.245233, 0.242864, 0.260666),
-        # On the 5,000 images held out of CIFAR-10 (JPEG q75) train by split_train_val(seed 0);
-        # `resnets eval --model resnet20 --weights cifar10 --data DIR --holdout` reproduces them.
-        metrics={"val_top1": 0.83, "val_top5": 0.99},
-        command="resnets train --config configs/cifar10_fast.yaml --data ../shared/datasets/cifar10-jpeg/train",
-        hardware="2-core x86 CPU (shared with other jobs during the run), no GPU",
-        wall_time="2,699 s of training (10 epochs, 1,750 steps of 256)",
-    ),
-    WeightsRecord(
-        model="resnet32",
-        tag="cifar10",
-        file="resnet32_cifar10.safetensors",
-        sha256="e8952e7f73beb9bd3a88cec7726a4fadeef2dff6b2d95b464751de5380a2acc9",
-        classes=CIFAR10_CLASSES,
-        mean=(0.491376, 0.482182, 0.446706),
-        std=(0.245233, 0.242864, 0.260666),
-        # Same split and check as resnet20's: `resnets eval --model resnet32 --weights cifar10 --data DIR --holdout`.
-        metrics={"val_top1": 0.8372, "val_top5": 0.9898},
-        command="resnets train --config configs/cifar10_fast.yaml --data ../shared/datasets/cifar10-jpeg/train "
-                "--set model.name=resnet32",
-        hardware="2-core x86 CPU (AMD EPYC, AVX2), otherwise idle",
-        wall_time="2,260 s of training (10 epochs, 1,750 steps of 256)",
-    ),
-    WeightsRecord(
-        model="resnet56",
-        tag="cifar10",
-        file="resnet56_cifar10.safetensors",
-        sha256="829f1ddfdb3993a313edc71c5530562f3d21285168ce6884f6458f6c1bde1df0",
-        classes=CIFAR10_CLASSES,
-        mean=(0.491376, 0.482182, 0.446706),
-        std=(0.245233, 0.242864, 0.260666),
-        # Same split and check as resnet20's: `resnets eval --model resnet56 --weights cifar10 --data DIR --holdout`.
-        metrics={"val_top1": 0.8436, "val_top5": 0.9912},
-        command="resnets train --config configs/cifar10_fast.yaml --data ../shared/datasets/cifar10-jpeg/train "
-                "--set model.name=resnet56",
-        hardware="2-core x86 CPU (AMD EPYC, AVX2); other jobs ran on it during the first two epochs",
-        wall_time="5,136 s of training (10 epochs, 1,750 steps of 256)",
-    ),
+    _cifar10_fast("resnet20", "6fa1de9bde2e4f4bd882f6907d3a2cdfac836fa3a00b77b88cd89a123ffaaa54", 0.83, 0.99,
+                  "2,699", "2-core x86 CPU (shared with other jobs during the run), no GPU"),
+    _cifar10_fast("resnet32", "e8952e7f73beb9bd3a88cec7726a4fadeef2dff6b2d95b464751de5380a2acc9", 0.8372, 0.9898,
+                  "2,260", "2-core x86 CPU (AMD EPYC, AVX2), otherwise idle"),
+    _cifar10_fast("resnet56", "829f1ddfdb3993a313edc71c5530562f3d21285168ce6884f6458f6c1bde1df0", 0.8436, 0.9912,
+                  "5,136", "2-core x86 CPU (AMD EPYC, AVX2); other jobs ran on it during the first two epochs"),
 ]
 
 
