@@ -48,6 +48,13 @@ def shape_key(in_ch: int, out_ch: int, kernel: int, stride: int, out_hw: int) ->
     return f"{in_ch:>4}->{out_ch:<4} k{kernel} s{stride} out {out_hw}x{out_hw}"
 
 
+def conv_shape(conv: nn.Conv2d, inp: torch.Tensor) -> tuple[str, int]:
+    """The conv's group key and its FLOPs (a multiply-add counts 2) on input ``inp``."""
+    out_hw = (inp.size(-1) + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+    key = shape_key(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0], out_hw)
+    return key, 2 * inp.size(0) * conv.in_channels * conv.out_channels * out_hw**2 * conv.kernel_size[0] ** 2
+
+
 def time_onednn(model: nn.Module, x: torch.Tensor, iters: int) -> dict[str, list[float]]:
     """Per-conv times from the profiler over whole forward passes of the blocked-layout model, so
     caches hold what they would in real use (as in onnxruntime's profile); each conv's fastest of
@@ -64,9 +71,7 @@ def time_onednn(model: nn.Module, x: torch.Tensor, iters: int) -> dict[str, list
         raise RuntimeError(f"profiled {len(events)} oneDNN convolutions for {iters} x {len(inputs)} Conv2d calls")
     times = collections.defaultdict(list)
     for i, (name, inp) in enumerate(inputs.items()):
-        conv = model.get_submodule(name)
-        out_hw = (inp.size(-1) + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
-        key = shape_key(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0], out_hw)
+        key, _ = conv_shape(model.get_submodule(name), inp)
         times[key].append(min(e.cpu_time_total for e in events[i::len(inputs)]) / 1e3)
     return times
 
@@ -117,12 +122,7 @@ def main() -> None:
     onednn = time_onednn(fold_bn(model), x, args.iters)
     ort_times = time_onnxruntime(model, x, args.iters, args.threads)
 
-    flops = {}
-    for name, inp in conv_inputs(model, x).items():
-        conv = model.get_submodule(name)
-        out_hw = (inp.size(-1) + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
-        key = shape_key(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0], out_hw)
-        flops[key] = 2 * args.batch * conv.in_channels * conv.out_channels * out_hw**2 * conv.kernel_size[0] ** 2
+    flops = dict(conv_shape(model.get_submodule(name), inp) for name, inp in conv_inputs(model, x).items())
 
     print(f"{args.model}, batch {args.batch}, {args.threads} thread(s), {args.size}x{args.size}; "
           f"ms per shape group (all its convs), GFLOP/s per conv")
