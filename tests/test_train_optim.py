@@ -101,3 +101,16 @@ def test_ema_tracks_parameters_and_copies_buffers():
     d = 2 / 11
     assert torch.allclose(ema.state["0.weight"], start * d + (start + 1) * (1 - d))
     assert torch.equal(ema.state["1.running_mean"], torch.full((2,), 3.0))
+
+
+def test_linear_decay_to_zero_and_warmup_stable_decay():
+    s = Schedule(ScheduleConfig(name="linear", warmup=10), 1.0, 110, 10)  # linear to zero after warm-up
+    assert math.isclose(s.lr(9), 1.0) and math.isclose(s.lr(10), 1.0)
+    assert math.isclose(s.lr(60), 0.5) and s.lr(110) == 0.0
+    wsd = ScheduleConfig(name="linear", warmup=10, decay_frac=0.2)
+    short, long = Schedule(wsd, 1.0, 110, 10), Schedule(wsd, 1.0, 210, 10)
+    # The decay spans the last 20 of the 100 post-warm-up steps: held at lr0 until step 90.
+    assert short.lr(90) == 1.0 and math.isclose(short.lr(100), 0.5) and short.lr(110) == 0.0
+    # Before the short run's decay, both lengths give the same lr: stopping and extending is exact.
+    assert [short.lr(i) for i in range(91)] == [long.lr(i) for i in range(91)]
+    assert long.lr(170) == 1.0 and math.isclose(long.lr(190), 0.5)

@@ -48,13 +48,14 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "multistep"  # constant | multistep | cosine | onecycle
+    name: str = "multistep"  # constant | multistep | cosine | onecycle | linear
     unit: str = "step"  # what `milestones` and `warmup` count: step | epoch
     milestones: list[int] = field(default_factory=list)  # multistep: where the lr changes
     factors: list[float] = field(default_factory=list)  # multistep: lr multiplier from each milestone on
     gamma: float = 0.1  # multistep without `factors`: multiply by gamma at every milestone
     warmup: int = 0  # linear warm-up length (in `unit`s), for constant, multistep and cosine
-    min_lr: float = 0.0  # cosine: final learning rate
+    min_lr: float = 0.0  # cosine, linear: final learning rate
+    decay_frac: float = 1.0  # linear: fraction of training, at its end, over which the lr falls to min_lr
     pct_start: float = 0.25  # onecycle: fraction of training spent rising
     div_factor: float = 25.0  # onecycle: start lr = lr / div_factor
     final_div_factor: float = 1e4  # onecycle: end lr = start lr / final_div_factor
@@ -221,7 +222,7 @@ def validate(config: Config) -> None:
     t, o, s = config.train, config.optim, config.schedule
     choices = {
         "optim.name": (o.name, ("sgd", "adam", "adamw", "rmsprop")),
-        "schedule.name": (s.name, ("constant", "multistep", "cosine", "onecycle")),
+        "schedule.name": (s.name, ("constant", "multistep", "cosine", "onecycle", "linear")),
         "schedule.unit": (s.unit, ("step", "epoch")),
         "train.precision": (t.precision, ("fp32", "bf16", "fp16")),
         "train.best_metric": (t.best_metric, ("val_acc", "val_loss", "val_top5", "train_acc", "train_loss")),
@@ -235,6 +236,8 @@ def validate(config: Config) -> None:
         raise ValueError("set train.epochs or train.steps to a positive number")
     if t.batch_size < 1 or t.accumulate < 1:
         raise ValueError("train.batch_size and train.accumulate must be >= 1")
+    if not 0.0 < s.decay_frac <= 1.0:
+        raise ValueError(f"schedule.decay_frac must be in (0, 1]; got {s.decay_frac}")
     if s.factors and len(s.factors) != len(s.milestones):
         raise ValueError(f"schedule.factors ({len(s.factors)}) needs one value per milestone ({len(s.milestones)})")
     f = config.finetune

@@ -100,6 +100,15 @@ class Schedule:
         elif c.name == "cosine":  # Loshchilov & Hutter 2017 (SGDR), a single cycle after warm-up
             p = min(1.0, (t - warmup) / max(1.0, self.total - warmup))
             lr = c.min_lr + (lr0 - c.min_lr) * (1 + math.cos(math.pi * p)) / 2
+        elif c.name == "linear":
+            # Hold lr0 after the warm-up, then fall linearly to min_lr over the last `decay_frac` of
+            # training. decay_frac=1 is linear-to-zero, the best fixed-budget shape in Li et al. 2020
+            # ("Budgeted training"); a short decay is warmup-stable-decay (Hägele et al. 2024): every
+            # step before the decay is independent of the length, so a run stopped there can be
+            # resumed with a larger train.epochs and is then exactly a run planned that long.
+            decay_start = max(warmup, self.total - c.decay_frac * (self.total - warmup))
+            p = min(1.0, max(0.0, t - decay_start) / max(1.0, self.total - decay_start))
+            lr = lr0 + (c.min_lr - lr0) * p
         else:
             raise ValueError(f"unknown schedule {c.name!r}")
         return max(lr * self.plateau_scale, c.plateau_min_lr) if c.plateau_factor else lr
