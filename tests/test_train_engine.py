@@ -6,6 +6,9 @@ import math
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from safetensors.torch import load_file
 
 from resnets.train import (
     NonFiniteLossError,
+    NonFiniteStateError,
     TrainingError,
     evaluate,
     load_checkpoint,
@@ -197,3 +201,55 @@ def test_mixed_precision_trains_and_checkpoints_its_scaler(subset, tmp_path, pre
     assert result.metrics["step"] == 2 and math.isfinite(result.metrics["train_loss"])
     scaler = load_checkpoint(result.run_dir / "last.pt")["scaler"]
     assert (scaler is not None) == (precision == "fp16")
+
+
+def test_diverging_weights_stop_the_run_and_never_replace_a_good_checkpoint(subset, tmp_path):
+    # issue 15: with lr 1e8 the loss can stay finite for a while (batch-norm in training mode) while
+    # running_var and the weights overflow. The first bad state stops the run, naming the tensor.
+    run = tmp_path / "diverge"
+    good = train(base(subset, tmp_path, "name=diverge", "train.epochs=1"))
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(NonFiniteStateError, match=r"(parameter/buffer|EMA tensor) \S+ is not finite after step \d+ "
+                       r"\(epoch 2, batch \d+/6\)") as info:
+        train(None, overrides=["optim.lr=1e8", "train.epochs=3", "schedule.name=constant"], resume=run)
+    assert f"(step {good.metrics['step']})" in str(info.value) and str(run / "last.pt") in str(info.value)
+    assert (run / "last.pt").read_bytes() == before  # the good epoch-1 checkpoint is untouched
+    assert not list(run.glob("*.safetensors")) or all(
+        torch.isfinite(v).all() for v in weights(run).values() if v.is_floating_point())
+
+
+def test_resume_after_a_failed_end_of_epoch_save_keeps_one_metrics_row_per_epoch(subset, tmp_path):
+    run = tmp_path / "dup"
+    train(base(subset, tmp_path, "name=dup", "train.epochs=1"))
+    # The end-of-epoch row of epoch 2 reached metrics.csv but its checkpoint did not (e.g. disk full).
+    rows = (run / "metrics.csv").read_text().splitlines()
+    (run / "metrics.csv").write_text("\n".join([*rows, rows[-1].replace("1,6,", "2,12,", 1)]) + "\n")
+    train(None, overrides=["train.epochs=2"], resume=run)
+    epochs = [line.split(",")[0] for line in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1", "2"]
+
+
+def test_sigterm_to_a_real_training_process_saves_a_resumable_checkpoint(subset, tmp_path):
+    # What schedulers and container runtimes send: handled like the first Ctrl-C (issue 15).
+    run = tmp_path / "term"
+    (tmp_path / "recipe.yaml").write_text("model: {name: resnet20}\n")
+    cmd = [sys.executable, "-m", "resnets.cli", "train", "--config", str(tmp_path / "recipe.yaml"),
+           "--data", str(subset), "--set", f"out_dir={tmp_path}",
+           "--set", "name=term", "--set", "train.batch_size=16", "--set", "data.val_size=24",
+           "--set", "train.epochs=200", "--set", "train.progress=false", "--set", "train.tensorboard=false",
+           "--set", "train.plots=false", "--set", "optim.lr=0.01", "--set", "schedule.name=constant"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "RESNETS_CACHE": str(tmp_path / "cache")})
+    deadline = time.monotonic() + 240
+    while not (run / "metrics.csv").exists():  # an epoch done: the loop is running
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "SIGTERM" in out and f"resume with: resnets train --resume {run}" in out
+    ckpt = load_checkpoint(run / "last.pt")
+    # Mid-epoch: the batches done; at an epoch's end the epoch was validated and saved first.
+    assert ckpt["step"] >= 6 and ckpt["loader"]["batch"] in (ckpt["step"] % 6, 6)
+    result = train(None, overrides=[f"train.epochs={ckpt['epoch'] + 2}"], resume=run)
+    assert result.metrics["step"] == 6 * (ckpt["epoch"] + 2)

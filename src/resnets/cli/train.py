@@ -26,7 +26,9 @@ def _config_path(name: str | None) -> Path | None:
 
 
 def run_train(args) -> int:
-    from ..train import TrainingError, train
+    import signal
+
+    from ..train import TrainingError, TrainingInterrupted, train
     from ..train.checkpoint import CheckpointError
 
     overrides = list(args.set or [])
@@ -43,6 +45,8 @@ def run_train(args) -> int:
     except (TrainingError, CheckpointError) as exc:
         print(f"resnets train: error: {exc}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as exc:  # the engine saved a checkpoint and said how to resume
+        return 128 + (exc.signum or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM, as the shell reports
     if args.json:
         print(json.dumps({"run_dir": str(result.run_dir), "best": result.best, **result.metrics}))
     return 0

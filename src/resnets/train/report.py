@@ -102,6 +102,20 @@ class Reporter:
                                f"{total:.0f}s training; weights: {self.run_dir / 'final.safetensors'}")
 
 
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    """metrics.csv holding exactly ``rows`` (replaced atomically)."""
+    import io
+
+    from .checkpoint import atomic_write
+
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in COLUMNS})
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+
+
 def read_metrics(path: Path) -> list[dict[str, float]]:
     with open(path, newline="") as f:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
