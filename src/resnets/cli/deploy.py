@@ -127,8 +127,9 @@ def run_export(args) -> int:
         parity = compare(loaded.model, load_exported(out, "onnx"), inputs, batch_size=2 if args.static_batch else 50)
         result["onnxruntime_check"] = {**parity.to_dict(), "inputs": what}
         _say(args, f"onnxruntime vs PyTorch on {what}: max |diff| {parity.max_abs_diff:.3g}, "
-                   f"top-1 agreement {100 * parity.top1_agreement:.2f}%")
-        if parity.top1_agreement < 0.99 or parity.max_abs_diff > args.tolerance:
+                   f"top-1 agreement {100 * parity.top1_agreement:.2f}%"
+                   + (f", NaN/inf logits on {parity.nonfinite} input(s)" if parity.nonfinite else ""))
+        if not parity.ok(args.tolerance):
             _say(args, f"WARNING: the ONNX model disagrees with PyTorch (tolerance {args.tolerance})")
             if args.json:
                 print(json.dumps(result, indent=2))

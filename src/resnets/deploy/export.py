@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,9 +23,15 @@ MAX_BATCH = 4096
 class Parity:
     """How closely an exported model reproduces PyTorch on the same inputs."""
 
-    max_abs_diff: float
-    top1_agreement: float  # fraction of inputs whose arg-max class is the same
+    max_abs_diff: float  # NaN when either side produced NaN/inf
+    top1_agreement: float  # fraction of inputs whose arg-max class is the same (non-finite rows never agree)
     images: int
+    nonfinite: int = 0  # inputs for which either model's logits hold NaN/inf
+
+    def ok(self, tolerance: float, min_agreement: float = 0.99) -> bool:
+        """Written so that NaN fails: ``nan <= tolerance`` is False (issue 15: ``max(0.0, nan)`` is
+        ``0.0`` in Python, and an all-NaN model once passed with "max |diff| 0, agreement 100 %")."""
+        return self.nonfinite == 0 and self.max_abs_diff <= tolerance and self.top1_agreement >= min_agreement
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,13 +130,18 @@ def compare(reference: nn.Module, candidate, inputs: Tensor, batch_size: int = 6
     """Run both on ``inputs`` in batches (odd last batch included, which exercises the dynamic
     batch) and report the largest absolute logit difference and top-1 agreement."""
     reference.eval()
-    worst, agree = 0.0, 0
+    worst, agree, nonfinite = 0.0, 0, 0
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
             x = inputs[start:start + batch_size]
             ref, out = reference(x), candidate(x)
             if out.shape != ref.shape:
                 raise RuntimeError(f"exported model returned shape {tuple(out.shape)}, expected {tuple(ref.shape)}")
-            worst = max(worst, (ref - out).abs().max().item())
-            agree += (ref.argmax(1) == out.argmax(1)).sum().item()
-    return Parity(worst, agree / len(inputs), len(inputs))
+            finite = torch.isfinite(ref).all(1) & torch.isfinite(out).all(1)
+            nonfinite += int((~finite).sum())
+            # torch.maximum propagates NaN (Python's max(0.0, nan) is 0.0).
+            worst = torch.maximum(torch.tensor(worst), (ref - out).abs().max().double()).item()
+            agree += int(((ref.argmax(1) == out.argmax(1)) & finite).sum())
+    if nonfinite:
+        worst = math.nan
+    return Parity(worst, agree / len(inputs), len(inputs), nonfinite)

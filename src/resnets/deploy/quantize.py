@@ -93,9 +93,19 @@ class Accuracy:
 
 
 def predict(model: nn.Module, images: Tensor, batch_size: int = 128) -> Tensor:
+    """Arg-max classes; NaN/inf logits are an error, not a class (``argmax`` of NaN rows is an index,
+    so a broken model would score chance accuracy instead of failing; issue 15)."""
     model.eval()
+    out = []
     with torch.no_grad():
-        return torch.cat([model(x).argmax(1) for x in batches(images, batch_size)])
+        for x in batches(images, batch_size):
+            logits = model(x)
+            if not bool(torch.isfinite(logits).all()):
+                bad = int((~torch.isfinite(logits).all(1)).sum())
+                raise ValueError(f"{type(model).__name__} produced NaN/inf logits for {bad} of {len(x)} images "
+                                 f"(images {len(out) * batch_size}..{len(out) * batch_size + len(x) - 1})")
+            out.append(logits.argmax(1))
+    return torch.cat(out)
 
 
 def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 128) -> Accuracy:
