@@ -109,14 +109,25 @@ def create_model(
             source_classes = state["fc.weight"].shape[0]
     if num_classes is None:
         num_classes = source_classes if source_classes is not None else entry.num_classes
-    model = entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    try:
+        model = entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except TypeError as exc:  # an argument the builder does not take: a message, not a traceback
+        where = f" (with model_kwargs from {weights})" if weights is not None and meta.get("model_kwargs") else ""
+        raise ValueError(f"cannot build {name}{where}: {exc}") from None
+    except ValueError as exc:
+        if weights is not None and meta.get("model_kwargs"):
+            raise ValueError(f"cannot build {name} with model_kwargs from {weights}: {exc}") from None
+        raise
     if state is not None:
         import warnings
 
-        from .transfer.weights import load_into
+        from .transfer.weights import WeightsError, load_into
 
         new_head = source_classes is not None and num_classes != source_classes
-        report = load_into(model, state, strict=strict, new_head=new_head)
+        try:
+            report = load_into(model, state, strict=strict, new_head=new_head)
+        except WeightsError as exc:
+            raise WeightsError(f"{weights}: {exc}") from None
         if report.reinitialized or report.adapted:
             warnings.warn(f"{name} from {weights}: {report}", stacklevel=2)
         model.pretrained_meta = meta

@@ -196,7 +196,7 @@ def _open_large(root: Path, classes, samples, listing_bad, strict, workers) -> F
 
 def open_dataset(path, *, split: str = "train", download: bool = False, strict: bool = False, cache_dir=None,
                  class_map=None, small_images: bool | None = None, workers: int | None = None,
-                 label_set: str = "fine"):
+                 label_set: str = "fine", min_classes: int = 2, allow_empty_classes: bool = False):
     """Open a CIFAR-10/100 archive folder or an image folder.
 
     - CIFAR: ``path`` is ``cifar-10-batches-py`` / ``cifar-100-python`` or the folder holding it;
@@ -211,7 +211,10 @@ def open_dataset(path, *, split: str = "train", download: bool = False, strict: 
 
     Files that cannot be decoded are skipped with a warning naming each; ``strict=True`` raises
     :class:`DataError` listing them instead. Normalisation statistics always come from the
-    training split.
+    training split. Fewer than ``min_classes`` classes, or a class with no usable image, is a
+    :class:`DataError` (issue 15: a one-class folder "trained" to 100 %, an empty folder became a
+    class nothing could teach); ``allow_empty_classes=True`` keeps empty classes (a fixed label
+    set shared with another dataset).
     """
     path = Path(path).expanduser()
     cifar = find_cifar_root(path) if path.is_dir() else None
@@ -248,11 +251,26 @@ def open_dataset(path, *, split: str = "train", download: bool = False, strict: 
         dataset = _open_large(root, classes, samples, listing_bad, strict, workers)
     if root != path and split != "train" and (path / "train").is_dir():
         train = open_dataset(path, split="train", strict=False, cache_dir=cache_dir, class_map=class_map,
-                             small_images=small_images, workers=workers)
+                             small_images=small_images, workers=workers, min_classes=min_classes,
+                             allow_empty_classes=allow_empty_classes)
         if train.info.classes != dataset.info.classes:
             raise DataError(f"{root} and {path / 'train'} have different classes; pass class_map to fix the order")
         dataset.info.mean, dataset.info.std = train.info.mean, train.info.std
+    check_classes(dataset, str(root), min_classes, allow_empty_classes)
     return dataset
+
+
+def check_classes(dataset, where: str, min_classes: int = 2, allow_empty: bool = False) -> None:
+    """At least ``min_classes`` classes, each with an image (unless ``allow_empty``)."""
+    classes = dataset.info.classes
+    if len(classes) < min_classes:
+        raise DataError(f"{where}: {len(classes)} class ({', '.join(classes)}); a classifier needs at least "
+                        f"{min_classes} class folders <class>/<image>")
+    empty = [c for c, n in zip(classes, dataset.class_counts()) if n == 0]
+    if empty and not allow_empty:
+        shown = ", ".join(empty[:10]) + (f" ... ({len(empty)} in all)" if len(empty) > 10 else "")
+        raise DataError(f"{where}: class folder(s) with no usable image: {shown}; add images, remove the "
+                        "folder, or allow empty classes (data.allow_empty_classes=true)")
 
 
 def split_train_val(dataset, val_size: int | float = 5000, seed: int = 0):

@@ -32,6 +32,7 @@ class DataConfig:
     flip: bool = True  # random horizontal flip
     cutout: int = 0  # side of the erased square (DeVries & Taylor 2017); 0: off
     download: bool = False
+    allow_empty_classes: bool = False  # keep a class folder with no images (a label set fixed elsewhere)
 
 
 @dataclass
@@ -148,6 +149,18 @@ def _unknown_key(key: str) -> KeyError:
     return KeyError(f"unknown config key {key!r}{hint}")
 
 
+def _yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` (never constructs Python objects) with errors that name the file or key."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        tag = f" ({exc.problem})" if exc.problem else ""
+        raise ValueError(f"{where}: YAML tags that build Python objects are refused{tag}; a config holds "
+                         "only numbers, strings, booleans, lists and mappings") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{where}: not valid YAML ({exc})") from None
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check/convert a YAML value to the field's type; YAML reads 1e-4 as a string, so floats are parsed."""
     origin = getattr(hint, "__origin__", None)
@@ -175,13 +188,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return str(value)
         if origin in (list, tuple):
             if isinstance(value, str):
-                value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
+                value = _yaml(value if value.startswith("[") else f"[{value}]", f"config key {key!r}")
             (item,) = set(hint.__args__)
             items = [_coerce(v, item, key) for v in value]
             return tuple(items) if origin is tuple else items
         if origin is dict:
             if isinstance(value, str):
-                value = yaml.safe_load(value)
+                value = _yaml(value, f"config key {key!r}")
             if not isinstance(value, dict):
                 raise ValueError
             return dict(value)
@@ -211,7 +224,7 @@ def set_key(config: Config, assignment: str) -> None:
         raise ValueError(f"--set expects key=value, got {assignment!r}")
     key, raw = assignment.split("=", 1)
     key = key.strip()
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = _yaml(raw, f"--set {key}") if raw.strip() else ""
     nested: Any = value
     for part in reversed(key.split(".")):
         nested = {part: nested}
@@ -227,26 +240,113 @@ def validate(config: Config) -> None:
         "train.precision": (t.precision, ("fp32", "bf16", "fp16")),
         "train.best_metric": (t.best_metric, ("val_acc", "val_loss", "val_top5", "train_acc", "train_loss")),
     }
+    if s.plateau_metric:
+        choices["schedule.plateau_metric"] = (s.plateau_metric, choices["train.best_metric"][1])
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             close = difflib.get_close_matches(str(value), allowed, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}{hint}")
+    _check_ranges(config)
     if t.epochs <= 0 and t.steps <= 0:
         raise ValueError("set train.epochs or train.steps to a positive number")
-    if t.batch_size < 1 or t.accumulate < 1:
-        raise ValueError("train.batch_size and train.accumulate must be >= 1")
-    if not 0.0 < s.decay_frac <= 1.0:
-        raise ValueError(f"schedule.decay_frac must be in (0, 1]; got {s.decay_frac}")
     if s.factors and len(s.factors) != len(s.milestones):
         raise ValueError(f"schedule.factors ({len(s.factors)}) needs one value per milestone ({len(s.milestones)})")
     f = config.finetune
     if (f.freeze or f.linear_probe or f.lr_mult or f.unfreeze_every) and not f.weights:
         raise ValueError("finetune.freeze/linear_probe/lr_mult/unfreeze_every need finetune.weights")
-    if f.unfreeze_every < 0:
-        raise ValueError(f"finetune.unfreeze_every must be >= 0; got {f.unfreeze_every}")
     if list(s.milestones) != sorted(s.milestones):
         raise ValueError(f"schedule.milestones must be increasing; got {s.milestones}")
+    check_device(t.device, "train.device")
+
+
+# (key, lowest, highest, whether each end is allowed). Written as `lo <= v <= hi` tests that NaN
+# fails; `None` is unbounded. Issue 15: data.limit=-5 trained on everything, data.val_size=-1
+# meant no validation, optim.lr=0 "trained", train.label_smoothing=2 and train.threads=-1 raised
+# tracebacks deep inside torch.
+_RANGES: list[tuple[str, float | None, float | None, bool, bool]] = [
+    ("data.val_size", 0, None, True, True), ("data.limit", 0, None, True, True),
+    ("data.crop_padding", 0, None, True, True), ("data.cutout", 0, None, True, True),
+    ("optim.lr", 0, None, False, True), ("optim.momentum", 0, 1, True, False),
+    ("optim.weight_decay", 0, None, True, True), ("optim.eps", 0, None, False, True),
+    ("optim.alpha", 0, 1, True, True),
+    ("schedule.gamma", 0, None, False, True), ("schedule.warmup", 0, None, True, True),
+    ("schedule.min_lr", 0, None, True, True), ("schedule.decay_frac", 0, 1, False, True),
+    ("schedule.pct_start", 0, 1, False, False), ("schedule.div_factor", 0, None, False, True),
+    ("schedule.final_div_factor", 0, None, False, True), ("schedule.plateau_factor", 0, 1, True, False),
+    ("schedule.plateau_patience", 0, None, True, True), ("schedule.plateau_cooldown", 0, None, True, True),
+    ("schedule.plateau_min_lr", 0, None, True, True),
+    ("train.batch_size", 1, None, True, True), ("train.epochs", 0, None, True, True),
+    ("train.steps", 0, None, True, True), ("train.accumulate", 1, None, True, True),
+    ("train.label_smoothing", 0, 1, True, False), ("train.ema_decay", 0, 1, True, False),
+    ("train.grad_clip", 0, None, True, True), ("train.threads", 0, None, True, True),
+    ("finetune.unfreeze_every", 0, None, True, True),
+]
+
+
+def _in_range(value: float, lo, hi, lo_ok: bool, hi_ok: bool) -> bool:
+    above = lo is None or (value >= lo if lo_ok else value > lo)
+    below = hi is None or (value <= hi if hi_ok else value < hi)
+    return bool(above and below) and value == value  # value == value: False for NaN
+
+
+def _describe(lo, hi, lo_ok: bool, hi_ok: bool) -> str:
+    if hi is None:
+        return f">= {lo}" if lo_ok else f"> {lo}"
+    return f"in {'[' if lo_ok else '('}{lo}, {hi}{']' if hi_ok else ')'}"
+
+
+def _check_ranges(config: Config) -> None:
+    def get(key: str):
+        section, name = key.split(".")
+        return getattr(getattr(config, section), name)
+
+    for key, lo, hi, lo_ok, hi_ok in _RANGES:
+        value = get(key)
+        if not _in_range(value, lo, hi, lo_ok, hi_ok):
+            raise ValueError(f"{key} must be {_describe(lo, hi, lo_ok, hi_ok)}; got {value}")
+    for i, beta in enumerate(config.optim.betas):
+        if not _in_range(beta, 0, 1, True, False):
+            raise ValueError(f"optim.betas[{i}] must be in [0, 1); got {beta}")
+    if len(config.optim.betas) != 2:
+        raise ValueError(f"optim.betas takes two values; got {list(config.optim.betas)}")
+    for i, factor in enumerate(config.schedule.factors):
+        if not _in_range(factor, 0, None, False, True):
+            raise ValueError(f"schedule.factors[{i}] must be > 0; got {factor}")
+    for i, milestone in enumerate(config.schedule.milestones):
+        if milestone < 0:
+            raise ValueError(f"schedule.milestones[{i}] must be >= 0; got {milestone}")
+    for stage, mult in config.finetune.lr_mult.items():
+        if not isinstance(mult, int | float) or not _in_range(float(mult), 0, None, True, True):
+            raise ValueError(f"finetune.lr_mult.{stage} must be a number >= 0; got {mult!r}")
+    if not config.out_dir:
+        raise ValueError("out_dir must not be empty")
+
+
+def check_device(name: str, key: str = "train.device") -> None:
+    """``name`` is auto, cpu, cuda, cuda:N or mps and present on this machine (issue 15:
+    train.device=cuda without a GPU gave a traceback from deep inside torch)."""
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{key} must be auto, cpu, cuda, cuda:N or mps; got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{key}={name}, but CUDA is not available on this machine (torch "
+                             f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use "
+                             f"{key}=cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{key}={name}, but this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError(f"{key}={name}, but MPS (Apple GPU) is not available on this machine; use {key}=cpu or auto")
+    elif device.type != "cpu":
+        raise ValueError(f"{key} must be auto, cpu, cuda, cuda:N or mps; got {name!r}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -256,7 +356,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read config file {path}: {exc}") from None
+        data = _yaml(text, str(path)) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
         _fill(config, data)
@@ -266,8 +370,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return config
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
+def config_from_dict(data: dict[str, Any], check: bool = True) -> Config:
+    """``check=False`` when overrides follow (a resumed run on a machine without its GPU takes
+    ``--set train.device=cpu``): the caller validates the result."""
     config = Config()
     _fill(config, data)
-    validate(config)
+    if check:
+        validate(config)
     return config

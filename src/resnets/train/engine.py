@@ -350,7 +350,7 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
         if not (run_dir / "last.pt").is_file():
             raise FileNotFoundError(f"nothing to resume: {run_dir / 'last.pt'} does not exist")
         ckpt = load_checkpoint(run_dir / "last.pt")
-        config = config_from_dict(ckpt["config"])
+        config = config_from_dict(ckpt["config"], check=False)  # checked below, after the overrides
     if isinstance(config, Config):
         cfg = copy.deepcopy(config)
         for assignment in overrides:
@@ -366,15 +366,13 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
     if resume is None:
         run_dir = _broadcast(_new_run_dir(cfg) if rank == 0 else None, world)
     is_main = rank == 0
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.yaml")
 
     # ---- data ------------------------------------------------------------------------------------
     from ..data import TensorImageDataset, make_loader, open_dataset, split_train_val
 
     data_path = cfg.data.path or sample_data_dir()
-    dataset = open_dataset(data_path, split="train", download=cfg.data.download)
+    dataset = open_dataset(data_path, split="train", download=cfg.data.download,
+                           allow_empty_classes=cfg.data.allow_empty_classes)
     if cfg.data.val_size > 0:
         train_ds, val_ds = split_train_val(dataset, val_size=cfg.data.val_size, seed=cfg.data.split_seed)
     else:
@@ -412,6 +410,9 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
     # ---- model, optimizer, schedule --------------------------------------------------------------
     torch.manual_seed(t.seed)
     model = create_model(cfg.model.name, num_classes=len(info.classes), weights=ft.weights, **cfg.model.kwargs)
+    if is_main:  # only now: bad data or model arguments must leave nothing behind (issue 15)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
     unfreezer = None
     if ft.linear_probe:  # the classifier alone; BN kept in eval mode below (train_mode)
         set_trainable(model, stage_names(model)[:-1], False)

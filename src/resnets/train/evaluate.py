@@ -76,7 +76,7 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
     net, meta = load_model(weights, model, device)
     for candidate in [split] if split else (["train"] if holdout else ["test", "val", "train"]):
         try:
-            ds = open_dataset(data, split=candidate)
+            ds = open_dataset(data, split=candidate, min_classes=1, allow_empty_classes=True)
             break
         except FileNotFoundError:
             if split or candidate == "train":
@@ -88,10 +88,7 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
         val_size = val_size if val_size is not None else int(recipe.get("val_size") or 5000)
         split_seed = split_seed if split_seed is not None else int(recipe.get("split_seed") or 0)
         _, ds = split_train_val(ds, val_size=val_size, seed=split_seed)
-    classes = list(meta.get("classes") or ds.info.classes)
-    missing = [c for c in ds.info.classes if c not in classes]
-    if missing:
-        raise ValueError(f"{data} has classes the model does not know: {', '.join(missing[:5])}")
+    classes = check_classes(net, meta, ds.info.classes, weights, data)
     # Map the data's label indices onto the model's class order by name.
     remap = torch.tensor([classes.index(c) for c in ds.info.classes])
     k = len(classes)
@@ -100,6 +97,8 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
     for x, y in _batches(ds, meta, batch_size, device):
         y = remap[y.cpu()].to(device)
         logits = _logits(net, x, tta)
+        if not bool(torch.isfinite(logits).all()):  # argmax of NaN is an index: a silent "accuracy" (issue 15)
+            raise ValueError(f"{weights}: the model produced NaN/inf logits on {data}; its accuracy is undefined")
         pred = logits.argmax(1)
         confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
         correct5 += int((logits.topk(min(5, k), 1).indices == y[:, None]).any(1).sum())
@@ -117,6 +116,27 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
     if confusion_png:
         plot_confusion(confusion, classes, confusion_png, title=f"{meta.get('model', model)} on {Path(data).name}")
     return result
+
+
+def check_classes(net: nn.Module, meta: dict, data_classes: list[str], weights, data) -> list[str]:
+    """The model's class names, checked against the data's by count and by name (issue 15: a
+    5-class network "evaluated" on 10-class data scored 0.10 with exit 0)."""
+    held = getattr(net, "num_classes", None)
+    named = list(meta.get("classes") or [])
+    if named and held is not None and len(named) != held:
+        raise ValueError(f"{weights}: its metadata names {len(named)} classes but the network has {held} outputs")
+    if not named:
+        if held is not None and held != len(data_classes):
+            raise ValueError(f"{weights} has a {held}-class classifier and no class names; {data} has "
+                             f"{len(data_classes)} classes ({', '.join(data_classes[:5])}"
+                             f"{', ...' if len(data_classes) > 5 else ''}): they cannot be matched")
+        return list(data_classes)
+    unknown = [c for c in data_classes if c not in named]
+    if unknown:
+        raise ValueError(f"{data} has {len(unknown)} class(es) that {weights} does not know: "
+                         f"{', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''} (it knows "
+                         f"{', '.join(named[:10])}{', ...' if len(named) > 10 else ''})")
+    return named
 
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | Path, title: str = "") -> Path:

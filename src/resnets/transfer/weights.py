@@ -6,6 +6,7 @@ the only accepted differences are the ones the caller asked for (a new head, a n
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -123,7 +124,61 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
             raise WeightsError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
         state = obj
+    check_finite(state, path)
+    check_metadata(metadata, path)
     return convert_timm_state_dict(_strip_prefixes(state)), metadata
+
+
+def _numbers(value: Any, n: int | None = None) -> bool:
+    return (isinstance(value, list | tuple) and (n is None or len(value) == n)
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+
+def check_metadata(meta: dict[str, Any], path: str | Path) -> None:
+    """The metadata fields that rebuild and preprocess a model have the types they must have,
+    before anything reaches a builder (issue 15: crafted ``model_kwargs`` gave raw tracebacks)."""
+    def bad(key: str, expected: str) -> WeightsError:
+        return WeightsError(f"{path}: metadata {key!r} must be {expected}; got {str(meta[key])[:100]!r}")
+
+    if meta.get("model") is not None and not (isinstance(meta["model"], str) and meta["model"].isidentifier()):
+        raise bad("model", "a model name")
+    kwargs = meta.get("model_kwargs")
+    if kwargs is not None:
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+            raise bad("model_kwargs", "a mapping of builder argument names to values")
+        for k, v in kwargs.items():
+            if not isinstance(v, str | int | float | bool | list | type(None)):
+                raise WeightsError(f"{path}: metadata model_kwargs.{k} must be a plain value; got {str(v)[:100]!r}")
+    classes = meta.get("classes")
+    if classes is not None and not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise bad("classes", "a non-empty list of class names")
+    for key in ("mean", "std"):
+        if meta.get(key) is not None and not _numbers(meta[key], 3):
+            raise bad(key, "three numbers (R, G, B)")
+    if meta.get("std") is not None and not all(v > 0 for v in meta["std"]):
+        raise bad("std", "three positive numbers")
+    size = meta.get("image_size")
+    if size is not None and not (_numbers(size) and len(size) in (2, 3) and all(float(v).is_integer() and v > 0 for v in size)):
+        raise bad("image_size", "[channels, height, width] of positive integers")
+
+
+def first_nonfinite(state: dict[str, Tensor]) -> tuple[str, int] | None:
+    """``(name, count)`` of the first floating-point tensor holding NaN or inf, else ``None``."""
+    for name, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name, int((~torch.isfinite(value)).sum())
+    return None
+
+
+def check_finite(state: dict[str, Tensor], path: str | Path) -> None:
+    """Refuse weights with NaN/inf (issue 15: a diverged run's inf ``running_var`` loaded silently
+    and gave NaN everywhere, or "100 % agreement" in export's parity check)."""
+    bad = first_nonfinite(state)
+    if bad is not None:
+        others = sum(1 for v in state.values() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+        raise WeightsError(f"{path} holds non-finite weights: {bad[0]} has {bad[1]} NaN/inf value(s)"
+                           f"{f' ({others} tensors in all)' if others > 1 else ''}; the run that wrote it "
+                           "diverged. Use an earlier checkpoint or retrain with a lower learning rate")
 
 
 def read_metadata_only(path: str | Path) -> dict[str, Any]:
