@@ -588,3 +588,250 @@ def test_json_error_bodies_are_json(client):
     r = client.post("/v1/predict", content=b"{", headers={"content-type": "application/json"})
     assert r.headers["content-type"] == "application/json"
     assert json.loads(r.content)["error"]["code"] == "bad_request"
+
+
+# ---- bounded work (issue 15) --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def large_png() -> bytes:
+    """A real 4096 x 4096 PNG of 16 kB: within --max-pixels, but 0.15 s of CPU to decode; the
+    issue's decode-amplification request sent 256 of them in a 4.2 MB body."""
+    return encoded(Image.new("L", (4096, 4096)), "PNG", compress_level=9)
+
+
+class CountingDecoder:
+    """Counts (and optionally slows) the server's image decoding."""
+
+    def __init__(self, monkeypatch, delay_s: float = 0.0):
+        from resnets.serve import inputs
+
+        self.original, self.delay_s, self.calls = inputs.decode_with_mode, delay_s, 0
+        monkeypatch.setattr(inputs, "decode_with_mode", self)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        time.sleep(self.delay_s)
+        return self.original(*args, **kwargs)
+
+
+def test_decode_amplification_is_refused_before_decoding(large_png, monkeypatch):
+    decoder = CountingDecoder(monkeypatch)
+    with TestClient(make_app()) as c:
+        start = time.monotonic()
+        r = c.post("/v1/predict", files=[("images", (f"{i}.png", large_png, "image/png")) for i in range(256)])
+        seconds = time.monotonic() - start
+    assert r.status_code == 413 and error_code(r) == "too_many_pixels"
+    assert "--max-request-pixels" in r.json()["error"]["message"]
+    assert decoder.calls == 0  # every header was read, no image decoded
+    assert seconds < 10, seconds  # reading 256 headers, not 256 x 0.15 s of decoding
+
+
+def test_normal_requests_are_served_while_decode_heavy_requests_are_refused(real_images, large_png, monkeypatch):
+    decoder = CountingDecoder(monkeypatch)
+    app = make_app(timeout_s=10.0)
+    heavy = [("images", (f"{i}.png", large_png, "image/png")) for i in range(256)]
+
+    async def timed(c, **kwargs):
+        start = time.monotonic()
+        r = await c.post("/v1/predict", **kwargs)
+        return r, time.monotonic() - start
+
+    async def scenario():
+        async with started(app) as c:
+            floods = [asyncio.create_task(timed(c, files=heavy)) for _ in range(6)]
+            normal = [await timed(c, files=multipart([real_images[i % len(real_images)][0]])) for i in range(5)]
+            return await asyncio.gather(*floods), normal
+
+    floods, normal = asyncio.run(scenario())
+    assert [r.status_code for r, _ in floods] == [413] * 6
+    assert [r.status_code for r, _ in normal] == [200] * 5
+    assert all(seconds < 10.0 for _, seconds in normal), [s for _, s in normal]
+    assert [r.json()["predictions"][0]["top"][0]["class"] for r, _ in normal] == \
+        [real_images[i % len(real_images)][1] for i in range(5)]
+    assert decoder.calls == 5  # the normal requests' images only
+
+
+def test_decoding_stops_at_the_deadline(monkeypatch):
+    decoder = CountingDecoder(monkeypatch, delay_s=0.2)
+    tiny = b64(encoded(Image.new("RGB", (8, 8)), "PNG"))
+    app = make_app(timeout_s=0.5)
+
+    async def scenario():
+        async with started(app) as c:
+            late = await c.post("/v1/predict", json={"images": [tiny] * 30})
+            await asyncio.sleep(1.0)  # anything still decoding would go on counting
+            return late, decoder.calls
+
+    late, calls = asyncio.run(scenario())
+    assert late.status_code == 504 and error_code(late) == "timeout"
+    assert calls <= 5, calls  # 0.5 s / 0.2 s per image, plus the one under way; not 30
+
+
+def test_decoding_stops_when_the_client_leaves(monkeypatch):
+    decoder = CountingDecoder(monkeypatch, delay_s=0.2)
+    tiny = b64(encoded(Image.new("RGB", (8, 8)), "PNG"))
+    body = json.dumps({"images": [tiny] * 30}).encode()
+    app = make_app(timeout_s=30.0)
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/predict", "raw_path": b"/v1/predict", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            sent_body = False
+            sent = []
+
+            async def receive():
+                nonlocal sent_body
+                if not sent_body:
+                    sent_body = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                await asyncio.sleep(0.3)  # the client hangs up while its images are being decoded
+                return {"type": "http.disconnect"}
+
+            async def send(message):
+                sent.append(message)
+
+            start = time.monotonic()
+            await app(scope, receive, send)
+            answered = time.monotonic() - start
+            await asyncio.sleep(1.0)
+            return sent, answered, decoder.calls
+
+    sent, answered, calls = asyncio.run(scenario())
+    assert sent[0]["status"] == 499
+    assert answered < 5, answered
+    assert calls <= 4, calls  # 0.3 s / 0.2 s per image, plus the one under way; not 30
+
+
+def test_requests_in_flight_are_capped_with_retry_after(real_images):
+    app = make_app(max_requests=2)
+    one = {"files": multipart([real_images[0][0]])}
+
+    async def scenario():
+        async with started(app) as c:
+            gate = Gate(app)
+            running = [asyncio.create_task(c.post("/v1/predict", **one)) for _ in range(2)]
+            await until(gate.entered.is_set, "a request to reach the model")
+            await asyncio.sleep(0.2)
+            refused, health = await c.post("/v1/predict", **one), await c.get("/healthz")
+            gate.release.set()
+            return refused, health, await asyncio.gather(*running)
+
+    refused, health, finished = asyncio.run(scenario())
+    assert refused.status_code == 503 and error_code(refused) == "overloaded"
+    assert refused.headers["Retry-After"] == "1" and "--max-requests" in refused.json()["error"]["message"]
+    assert health.status_code == 200  # probes are always answered
+    assert [r.status_code for r in finished] == [200, 200]
+
+
+def test_bytes_in_flight_are_capped_with_retry_after(real_images):
+    app = make_app(max_bytes=3000, max_inflight_bytes=5000)
+    release = asyncio.Event
+
+    async def scenario():
+        go = release()
+
+        async def stalled():  # a client that announces 2,500 bytes and sends them late
+            await go.wait()
+            yield b"{" + b" " * 2498 + b"}"
+
+        headers = {"content-type": "application/json", "content-length": "2500"}
+        async with started(app) as c:
+            slow = [asyncio.create_task(c.post("/v1/predict", content=stalled(), headers=headers)) for _ in range(2)]
+            await until(lambda: app.state.bodies.used == 5000, "two bodies to hold their bytes")
+            refused = await c.post("/v1/predict", content=b"{" + b" " * 2498 + b"}", headers=headers)
+            go.set()
+            done = await asyncio.gather(*slow)
+            after = await c.post("/v1/predict", files=multipart([real_images[0][0]]))
+            return refused, done, after, app.state.bodies.used
+
+    refused, done, after, used = asyncio.run(scenario())
+    assert refused.status_code == 503 and error_code(refused) == "overloaded"
+    assert refused.headers["Retry-After"] == "1" and "--max-inflight-bytes" in refused.json()["error"]["message"]
+    assert [r.status_code for r in done] == [400, 400]  # their JSON has no images: answered, not dropped
+    assert after.status_code == 200 and used == 0
+
+
+def test_token_from_a_file_or_the_environment(tmp_path, monkeypatch, capsys):
+    from resnets.cli import build_parser
+    from resnets.cli.serve import _token
+
+    def token(*argv):
+        return _token(build_parser().parse_args(["serve", "--weights", "cifar10", *argv]))
+
+    secret = tmp_path / "token"
+    secret.write_text("s3cret-from-file\n")
+    monkeypatch.delenv("RESNETS_SERVE_TOKEN", raising=False)
+    assert token("--token-file", str(secret)) == "s3cret-from-file"
+    assert token() is None
+    monkeypatch.setenv("RESNETS_SERVE_TOKEN", "s3cret-from-env")
+    assert token() == "s3cret-from-env"
+    assert token("--token", "on-argv") == "on-argv"
+    assert "visible to every user" in capsys.readouterr().err
+    from resnets.cli import main
+
+    assert main(["serve", "--weights", "cifar10", "--model", "resnet20", "--token-file", str(tmp_path / "none")]) == 2
+    assert f"cannot read --token-file {tmp_path / 'none'}" in capsys.readouterr().err
+    (tmp_path / "empty").write_text("\n")
+    assert main(["serve", "--weights", "cifar10", "--model", "resnet20", "--token-file", str(tmp_path / "empty")]) == 2
+    assert "is empty" in capsys.readouterr().err
+
+
+def test_shutdown_under_load_answers_every_accepted_connection(real_images):
+    """SIGTERM while 40 clients (each on its own connection) keep sending: every request gets a 200
+    or a 503 with Retry-After; none sees its connection closed without a reply (issue 15: 11-30 of 200)."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "resnets.cli", "serve", "--weights", "cifar10", "--model", "resnet20",
+           "--port", str(port), "--log-level", "warning", "--drain", "2", "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    body = multipart([real_images[0][0]])
+    results: list[tuple[str, int | str, str | None]] = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server never became ready"
+            time.sleep(0.1)
+        stop_sending = threading.Event()
+
+        def client():
+            while not stop_sending.is_set():
+                try:
+                    with httpx.Client(timeout=60) as c:  # a new connection per request
+                        r = c.post(f"{url}/v1/predict", files=body)
+                    results.append(("reply", r.status_code, r.headers.get("Retry-After")))
+                except httpx.ConnectError:  # not accepted: the server had stopped listening
+                    results.append(("refused", "connect", None))
+                    return
+                except httpx.TransportError as exc:  # accepted, then closed without a reply
+                    results.append(("dropped", type(exc).__name__, None))
+
+        threads = [threading.Thread(target=client) for _ in range(40)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)  # within the 2 s drain: clients still connect and get 503s
+        stop_sending.set()
+        for t in threads:
+            t.join(60)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    replies = [(code, retry) for kind, code, retry in results if kind == "reply"]
+    dropped = [r for r in results if r[0] == "dropped"]
+    assert not dropped, f"{len(dropped)} of {len(results)} requests dropped: {dropped[:5]}"
+    assert any(code == 200 for code, _ in replies) and any(code == 503 for code, _ in replies), replies
+    assert all(code == 200 or (code == 503 and retry == "1") for code, retry in replies), replies

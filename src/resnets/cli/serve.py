@@ -3,39 +3,59 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from . import UsageError
 
 
 def run(args) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - checked here, so that a missing extra is a message
 
         from ..serve import create_app
     except ImportError as exc:
         raise UsageError(f"resnets serve needs the serve extra ({exc.name} is missing): "
                          'pip install -e ".[serve]"') from None
-    token = args.token or os.environ.get("RESNETS_SERVE_TOKEN") or None
+    token = _token(args)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     app = create_app(args.weights, model=args.model, device=args.device, max_batch=args.max_batch,
                      max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, timeout_s=args.timeout,
-                     max_bytes=args.max_bytes, max_pixels=args.max_pixels, token=token,
-                     batching=not args.no_batching)
+                     max_bytes=args.max_bytes, max_pixels=args.max_pixels,
+                     max_request_pixels=args.max_request_pixels, max_requests=args.max_requests,
+                     max_inflight_bytes=args.max_inflight_bytes, token=token, batching=not args.no_batching)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
-        print(f"warning: serving on {args.host} without --token: anyone who can reach it can use it")
+        print(f"warning: serving on {args.host} without a token: anyone who can reach it can use it")
+    if args.drain < 0:
+        raise UsageError(f"--drain must be 0 or more seconds; got {args.drain}")
+    from ..serve.server import run as serve
 
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame):
-            super().handle_exit(sig, frame)
-            # uvicorn re-raises SIGINT/SIGTERM once its graceful shutdown is over, so the process
-            # would die of the signal; a server asked to stop that stopped cleanly exits 0.
-            getattr(self, "_captured_signals", []).clear()
-
-    Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)).run()
+    serve(app, host=args.host, port=args.port, log_level=args.log_level, drain_s=args.drain)
     return 0
+
+
+def _token(args) -> str | None:
+    """--token-file, else RESNETS_SERVE_TOKEN, else --token (which `ps` shows to every user)."""
+    given = [name for name, value in (("--token", args.token), ("--token-file", args.token_file)) if value]
+    if len(given) > 1:
+        raise UsageError("give --token or --token-file, not both")
+    if args.token_file:
+        path = Path(args.token_file)
+        try:
+            token = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read --token-file {path}: {exc}") from None
+        if not token:
+            raise UsageError(f"--token-file {path} is empty")
+        return token
+    if args.token:
+        print("warning: --token is visible to every user of this machine (ps); prefer --token-file FILE "
+              "or RESNETS_SERVE_TOKEN", file=sys.stderr)
+        return args.token
+    return os.environ.get("RESNETS_SERVE_TOKEN") or None
 
 
 def register(subparsers) -> None:
@@ -59,7 +79,19 @@ def register(subparsers) -> None:
     p.add_argument("--max-bytes", type=int, default=10 * 2**20, help="largest request body in bytes")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096,
                    help="largest image in pixels, read from its header before decoding")
-    p.add_argument("--token", help="require Authorization: Bearer TOKEN on /v1/* (or set RESNETS_SERVE_TOKEN)")
+    p.add_argument("--max-request-pixels", type=int,
+                   help="pixels per request over all its images, read from their headers before decoding "
+                        "(default: 4 x --max-pixels)")
+    p.add_argument("--max-requests", type=int, default=64,
+                   help="requests to /v1/* in flight at once; beyond it 503 with Retry-After")
+    p.add_argument("--max-inflight-bytes", type=int,
+                   help="bytes of request bodies held at once over all requests; beyond it 503 with Retry-After "
+                        "(default: 8 x --max-bytes)")
+    p.add_argument("--drain", type=float, default=0.5,
+                   help="seconds that SIGINT/SIGTERM keep answering new requests 503 before the server stops listening")
+    p.add_argument("--token-file", help="require Authorization: Bearer TOKEN on /v1/*, TOKEN read from this file "
+                                        "(or set RESNETS_SERVE_TOKEN)")
+    p.add_argument("--token", help="the token on the command line (visible in ps: prefer --token-file)")
     p.add_argument("--no-batching", action="store_true", help="run each request alone (for comparison)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import mimetypes
+import threading
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
@@ -23,13 +24,59 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from .batcher import Batcher, Closed, QueueFull
-from .errors import ApiError, ErrorBody, install, overloaded, timed_out
-from .inputs import decode, decode_all, uploads
+from .errors import ApiError, ErrorBody, error_response, install, overloaded, timed_out
+from .inputs import ByteBudget, Stopped, decode_all, uploads
 from .service import EXPLAIN_MIN_SIDE, ModelService
 
 STATIC = Path(str(files("resnets") / "serve" / "static"))
 # Grad-CAM needs a backward pass and runs outside the batcher; a few may wait for the model.
 EXPLAIN_SLOTS = 4
+
+
+class Admission:
+    """ASGI middleware: at most ``limit`` requests to ``/v1/`` in flight; the next is answered 503
+    with Retry-After at once, before its body is read (issue 15: connections in flight had no cap).
+    Probes (``/healthz``, ``/readyz``) and the page are always answered."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit, self.in_flight = app, limit, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.limit:
+            response = error_response(503, "overloaded", f"server busy: {self.in_flight} requests in flight; it "
+                                      f"takes {self.limit} at once (--max-requests)", {"Retry-After": "1"})
+            return await response(scope, receive, send)
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects. Only once the body has been read: after it, the only
+    message an ASGI server sends is ``http.disconnect``."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _while_connected(request: Request, stop: threading.Event, work):
+    """``await work`` unless the client leaves first; then ``stop`` tells the decoding thread to
+    give up and the work is cancelled (a request nobody waits for costs nothing more)."""
+    task, gone = asyncio.ensure_future(work), asyncio.ensure_future(_client_gone(request))
+    done: set = set()
+    try:
+        done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if task not in done:  # the client left, or the deadline (our own cancellation) came first
+            stop.set()
+            task.cancel()
+        gone.cancel()
+    if task in done:
+        return task.result()
+    raise ApiError(499, "client_closed_request", "the client went away; the request was abandoned")
 
 
 class TopClass(BaseModel):
@@ -107,16 +154,25 @@ def _errors(*statuses: int) -> dict:
 
 def create_app(weights: str | Path, *, model: str | None = None, device: str = "cpu", max_batch: int = 32,
                max_wait_ms: float = 5.0, queue_size: int = 256, timeout_s: float = 30.0,
-               max_bytes: int = 10 * 2**20, max_pixels: int = 4096 * 4096, token: str | None = None,
+               max_bytes: int = 10 * 2**20, max_pixels: int = 4096 * 4096, max_request_pixels: int | None = None,
+               max_requests: int = 64, max_inflight_bytes: int | None = None, token: str | None = None,
                batching: bool = True) -> FastAPI:
     """The serving app for ``weights`` (a file, or a shipped tag such as "cifar10" with ``model``).
 
     The model is loaded here (a bad file fails now, not at the first request) and warmed up at
     startup; ``app.state.service`` and, while running, ``app.state.batcher`` are reachable for
-    tests and embedding.
+    tests and embedding. Work per request is bounded: ``max_pixels`` per image and
+    ``max_request_pixels`` (default 4 x ``max_pixels``) per request, both read from the headers
+    before decoding; ``timeout_s`` over reading, decoding and the model, decoding stopping when it
+    passes or the client leaves; ``max_requests`` in flight and ``max_inflight_bytes`` of bodies
+    (default 8 x ``max_bytes``) held at once, 503 with Retry-After beyond.
     """
+    max_request_pixels = 4 * max_pixels if max_request_pixels is None else max_request_pixels
+    max_inflight_bytes = 8 * max_bytes if max_inflight_bytes is None else max_inflight_bytes
     for name, value in (("max_batch", max_batch), ("queue_size", queue_size), ("max_bytes", max_bytes),
-                        ("max_pixels", max_pixels), ("timeout_s", timeout_s)):
+                        ("max_pixels", max_pixels), ("timeout_s", timeout_s),
+                        ("max_request_pixels", max_request_pixels), ("max_requests", max_requests),
+                        ("max_inflight_bytes", max_inflight_bytes)):
         if value <= 0:
             option = "--" + name.removesuffix("_s").replace("_", "-")
             raise ValueError(f"{name} ({option}) must be positive; got {value}")
@@ -146,13 +202,17 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
                   description=f"Image classification with {service.name} ({service.weights}).")
     app.state.service, app.state.status, app.state.batcher = service, "starting", None
     app.state.explaining = 0
+    app.state.bodies = ByteBudget(max_inflight_bytes)
+    app.add_middleware(Admission, limit=max_requests)
     install(app)
     guard = [Depends(_bearer(token))] if token else []
 
     def ready_batcher() -> Batcher:
         if app.state.status != "ready" or app.state.batcher is None:
-            raise ApiError(503, "not_ready", f"the server is {app.state.status.replace('_', ' ')}",
-                           {"Retry-After": "1"})
+            headers = {"Retry-After": "1"}
+            if app.state.status == "shutting_down":  # this connection will not be served again
+                headers["Connection"] = "close"
+            raise ApiError(503, "not_ready", f"the server is {app.state.status.replace('_', ' ')}", headers)
         return app.state.batcher
 
     @app.get("/healthz", response_model=Health, tags=["health"])
@@ -177,19 +237,31 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
         """Top-k classes with probabilities for each image: multipart parts named "images", or
         JSON {"images": [base64, ...]}."""
         batcher = ready_batcher()
+        stop = threading.Event()  # read by the decoding thread: set when the answer no longer matters
+
+        def prepare(found):
+            decoded = decode_all(found, service.meta, max_pixels, max_request_pixels, stop)
+            return decoded, service.inputs([d.array for d in decoded])
+
+        async def run(found):
+            with batcher.arriving():
+                decoded, x = await asyncio.to_thread(prepare, found)
+            return decoded, await batcher.submit(x)
+
         try:
             async with asyncio.timeout(timeout_s):
-                with batcher.arriving():
-                    found = await uploads(request, "images", max_bytes=max_bytes, max_images=queue_size)
-                    decoded = await asyncio.to_thread(decode_all, found, service.meta, max_pixels)
-                    x = service.inputs([d.array for d in decoded])
-                probs = await batcher.submit(x)
+                with app.state.bodies.account() as held:
+                    found = await uploads(request, "images", max_bytes=max_bytes, max_images=queue_size,
+                                          held=held)
+                    decoded, probs = await _while_connected(request, stop, run(found))
         except TimeoutError:
             raise timed_out(timeout_s) from None
         except QueueFull as exc:
             raise overloaded(f"server busy: {exc}") from None
         except Closed as exc:
             raise ApiError(503, "not_ready", str(exc), {"Retry-After": "1"}) from None
+        finally:
+            stop.set()
         top = probs.topk(topk, 1)
         return {"model": service.name, "predictions": [
             {"filename": d.upload.filename, "width": d.width, "height": d.height, "mode": d.mode,
@@ -214,14 +286,23 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
         if app.state.explaining >= EXPLAIN_SLOTS:
             raise overloaded(f"{EXPLAIN_SLOTS} explanations already running")
         app.state.explaining += 1
+        stop = threading.Event()
+
+        def work(found):
+            (decoded,) = decode_all(found, service.meta, max_pixels, max_request_pixels, stop)
+            if stop.is_set():
+                raise Stopped("stopped before Grad-CAM")
+            return service.explain(decoded.array, index, scale)
+
         try:
             async with asyncio.timeout(timeout_s):
-                (found,) = await uploads(request, "image", max_bytes=max_bytes, max_images=1)
-                decoded = await asyncio.to_thread(decode, found, service.meta, max_pixels)
-                result = await asyncio.to_thread(service.explain, decoded.array, index, scale)
+                with app.state.bodies.account() as held:
+                    found = await uploads(request, "image", max_bytes=max_bytes, max_images=1, held=held)
+                    result = await _while_connected(request, stop, asyncio.to_thread(work, found))
         except TimeoutError:
             raise timed_out(timeout_s) from None
         finally:
+            stop.set()
             app.state.explaining -= 1
         names = service.classes
         return Response(result["png"], media_type="image/png", headers={

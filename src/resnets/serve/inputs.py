@@ -1,8 +1,13 @@
 """Request bodies to model inputs, with every limit checked before the expensive step.
 
 The body's size is checked from Content-Length before anything is read, and the read stops at
-``max_bytes`` whatever the header said. Each image's pixel count is read from its header before
-decoding (a 50 kB PNG can declare 20000x20000 and expand to 1.2 GB: a decompression bomb).
+``max_bytes`` whatever the header said; the bytes of every body being received count against one
+server-wide budget (:class:`ByteBudget`), so stalled uploads cannot pile up memory. Each image's pixel
+count is read from its header before decoding (a 50 kB PNG can declare 20000x20000 and expand to
+1.2 GB: a decompression bomb), and so is the request's total: every header is read before the first
+image is decoded, so a request of 256 large PNGs (issue 15: each within ``--max-pixels``, together
+minutes of CPU) is refused without decoding any of them. Decoding stops between images when the
+request's deadline passes or its client goes away (``stop``).
 Decoding and mode conversion (grayscale, palette, RGBA, CMYK, 16-bit) are the project's own
 (:func:`resnets.data.images.decode_with_mode`), and preprocessing is ``resnets predict``'s
 (:func:`resnets.train.evaluate.resize_for_model`), so the server and the command line agree.
@@ -14,16 +19,20 @@ import base64
 import binascii
 import io
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from fastapi import Request
 from PIL import Image, UnidentifiedImageError
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from ..data.images import BadImageError, decode_with_mode
 from ..train.evaluate import resize_for_model
-from .errors import ApiError
+from .errors import ApiError, overloaded
 
 
 @dataclass
@@ -42,16 +51,59 @@ class Decoded:
     array: np.ndarray  # uint8 (H, W, 3) at the model's input size
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+class Stopped(Exception):
+    """The request's deadline passed or its client went away: the work for it stops here."""
+
+
+class ByteBudget:
+    """Bytes of request bodies held by the server at once, over all requests (``--max-inflight-bytes``).
+    A request beyond it is answered 503 with Retry-After (issue 15: 100 stalled 9.9 MB uploads
+    held 955 MB)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+
+    @contextmanager
+    def account(self) -> Iterator[_Held]:
+        """Around one request: what it took is given back when it ends, however it ends."""
+        held = _Held(self)
+        try:
+            yield held
+        finally:
+            self.used -= held.n
+
+
+class _Held:
+    def __init__(self, budget: ByteBudget):
+        self.budget, self.n = budget, 0
+
+    def take(self, n: int) -> None:
+        b = self.budget
+        if b.used + n > b.limit:
+            raise overloaded(f"server busy: {b.used} bytes of request bodies being received; it holds "
+                             f"{b.limit} at once (--max-inflight-bytes)")
+        b.used += n
+        self.n += n
+
+
+async def read_body(request: Request, max_bytes: int, held: _Held | None = None) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
-        raise ApiError(413, "too_large", f"request body of {int(declared)} bytes; the limit is {max_bytes} "
+    declared = int(declared) if declared is not None and declared.strip().isdigit() else None
+    if declared is not None and declared > max_bytes:
+        raise ApiError(413, "too_large", f"request body of {declared} bytes; the limit is {max_bytes} "
                                          "bytes (--max-bytes)")
+    if held is not None and declared:
+        held.take(declared)  # before reading: a stalled body holds its place from the start
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:  # no or a lying Content-Length (chunked uploads)
-            raise ApiError(413, "too_large", f"request body over the limit of {max_bytes} bytes (--max-bytes)")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:  # no or a lying Content-Length (chunked uploads)
+                raise ApiError(413, "too_large", f"request body over the limit of {max_bytes} bytes (--max-bytes)")
+            if held is not None and len(body) > held.n:
+                held.take(len(body) - held.n)
+    except ClientDisconnect:
+        raise ApiError(499, "client_closed_request", "the client went away while sending its body") from None
     if not body:
         raise ApiError(400, "empty_body", "the request body is empty; send multipart/form-data or JSON with images")
     return bytes(body)
@@ -61,11 +113,12 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def uploads(request: Request, field: str, *, max_bytes: int, max_images: int) -> list[Upload]:
+async def uploads(request: Request, field: str, *, max_bytes: int, max_images: int,
+                  held: _Held | None = None) -> list[Upload]:
     """The images of a request: multipart parts named ``field``, or JSON ``{field: [base64, ...]}``
     (``field`` "image" takes a single string)."""
     kind = media_type(request)
-    body = await read_body(request, max_bytes)
+    body = await read_body(request, max_bytes, held)
     if kind == "multipart/form-data":
         found = await _multipart(request, body, field, max_bytes, max_images)
     elif kind == "application/json" or kind.endswith("+json"):
@@ -150,18 +203,32 @@ def _label(field: str, i: int, filename: str | None, single: bool) -> str:
     return f"{where} ({filename})" if filename else where
 
 
-def check_pixels(upload: Upload, max_pixels: int) -> None:
-    """413 when the header declares more than ``max_pixels``; nothing is decoded here."""
+def check_pixels(upload: Upload, max_pixels: int) -> int:
+    """The pixels the header declares (0 for what is not an image: decoding reports it); 413 when
+    more than ``max_pixels``. Nothing is decoded here."""
     try:
         with Image.open(io.BytesIO(upload.data)) as img:
             width, height = img.size
     except Image.DecompressionBombError as exc:  # Pillow's own, larger limit
         raise ApiError(413, "too_many_pixels", f"{upload.label}: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, EOFError):
-        return  # not an image: decoding reports it as such
+        return 0
     if width * height > max_pixels:
         raise ApiError(413, "too_many_pixels", f"{upload.label}: {width}x{height} = {width * height} pixels; "
                                                f"the limit is {max_pixels} (--max-pixels)")
+    return width * height
+
+
+def check_request_pixels(found: list[Upload], max_pixels: int, max_request_pixels: int | None) -> int:
+    """Every header read, each image and their sum checked, before the first is decoded."""
+    total = 0
+    for upload in found:
+        total += check_pixels(upload, max_pixels)
+        if max_request_pixels is not None and total > max_request_pixels:
+            raise ApiError(413, "too_many_pixels", f"the images of this request declare more than {total} pixels "
+                                                   f"(by {upload.label}); the limit per request is "
+                                                   f"{max_request_pixels} (--max-request-pixels)")
+    return total
 
 
 def decode(upload: Upload, meta: dict, max_pixels: int) -> Decoded:
@@ -173,6 +240,15 @@ def decode(upload: Upload, meta: dict, max_pixels: int) -> Decoded:
     return Decoded(upload, image.width, image.height, mode, resize_for_model(image, meta))
 
 
-def decode_all(found: list[Upload], meta: dict, max_pixels: int) -> list[Decoded]:
-    """Every upload decoded (runs in a worker thread: decoding is CPU work)."""
-    return [decode(u, meta, max_pixels) for u in found]
+def decode_all(found: list[Upload], meta: dict, max_pixels: int, max_request_pixels: int | None = None,
+               stop: threading.Event | None = None) -> list[Decoded]:
+    """Every upload decoded (runs in a worker thread: decoding is CPU work). ``stop`` is looked at
+    before each image: a request past its deadline, or whose client left, costs at most the image
+    being decoded (itself bounded by ``max_pixels``)."""
+    check_request_pixels(found, max_pixels, max_request_pixels)
+    out = []
+    for upload in found:
+        if stop is not None and stop.is_set():
+            raise Stopped(f"stopped before {upload.label}")
+        out.append(decode(upload, meta, max_pixels))
+    return out

@@ -97,7 +97,9 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
     for x, y in _batches(ds, meta, batch_size, device):
         y = remap[y.cpu()].to(device)
         logits = _logits(net, x, tta)
-        if not bool(torch.isfinite(logits).all()):  # argmax of NaN is an index: a silent "accuracy" (issue 15)
+        # argmax of NaN is an index: a silent "accuracy" (issue 15). -inf is allowed: flip TTA's
+        # log of an averaged probability that underflowed to 0.
+        if bool((logits.isnan() | logits.isposinf()).any()):
             raise ValueError(f"{weights}: the model produced NaN/inf logits on {data}; its accuracy is undefined")
         pred = logits.argmax(1)
         confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)

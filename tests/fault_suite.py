@@ -1,0 +1,438 @@
+"""The fault-injection suite (issue 15): probes that try what faults, attackers and careless users
+would, each passing only when the project holds (a clear error, nothing written, or a correct result).
+
+    python tests/fault_suite.py              # every probe, then the tally: how many tried, how many held
+    python tests/fault_suite.py nan serve    # only the groups (or probe names) containing these words
+
+``tests/test_faults.py`` runs the same probes under pytest, one test each. A probe is one small
+function taking a fresh temporary folder; it raises (an ``AssertionError`` saying what happened)
+when the project did not hold. Adding one::
+
+    @probe("group")
+    def what_is_tried(tmp: Path) -> None:
+        code, err = cli("eval", ...)
+        expect(code, err, 2, "the message")
+
+Real images are the CIFAR-10 sample bundled with the package (no dataset needed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "src/resnets/assets/weights/resnet20_cifar10.safetensors"
+QUICKSTART = REPO / "configs/quickstart.yaml"
+
+
+@dataclass(frozen=True)
+class Probe:
+    group: str
+    name: str
+    fn: Callable[[Path], None]
+    slow: bool = False
+
+    @property
+    def id(self) -> str:
+        return f"{self.group}/{self.name}"
+
+
+PROBES: list[Probe] = []
+
+
+def probe(group: str, *, slow: bool = False, name: str | None = None):
+    """Register ``fn(tmp)`` as a probe of ``group``."""
+    def wrap(fn):
+        PROBES.append(Probe(group, name or fn.__name__, fn, slow))
+        return fn
+    return wrap
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+def cli(*argv: str) -> tuple[int, str]:
+    """``resnets ARGV`` in-process: (exit code, stdout + stderr)."""
+    from resnets.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse
+            code = exc.code if isinstance(exc.code, int) else 2
+    return code, out.getvalue()
+
+
+def expect(code: int, output: str, want_code: int, *needles: str) -> None:
+    assert code == want_code, f"exit {code}, expected {want_code}; output:\n{output[-2000:]}"
+    assert "Traceback" not in output, f"a traceback instead of a message:\n{output[-2000:]}"
+    for needle in needles:
+        assert needle in output, f"{needle!r} not in the output:\n{output[-2000:]}"
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*")} if folder.exists() else set()
+
+
+@contextlib.contextmanager
+def writes_nothing(folder: Path):
+    """Assert that nothing under ``folder`` appears, changes or goes while the block runs."""
+    before = {p: p.stat().st_mtime_ns for p in files_under(folder)}
+    yield
+    after = {p: p.stat().st_mtime_ns for p in files_under(folder)}
+    assert after == before, f"files written: {sorted(map(str, set(after) - set(before)))[:10]}"
+
+
+def sample_folder(dest: Path, per_class: int = 8, classes: list[str] | None = None) -> Path:
+    """A small image folder of real CIFAR-10 JPEGs (the bundled sample)."""
+    from resnets.train.engine import sample_data_dir
+
+    source = sample_data_dir()
+    for cls in classes or sorted(p.name for p in source.iterdir() if p.is_dir()):
+        (dest / cls).mkdir(parents=True, exist_ok=True)
+        for f in sorted((source / cls).iterdir())[:per_class]:
+            shutil.copy(f, dest / cls / f.name)
+    return dest
+
+
+def shipped_state():
+    from safetensors.torch import load_file
+
+    from resnets.train.checkpoint import read_metadata
+
+    meta = read_metadata(SHIPPED)
+    meta.pop("format", None)
+    return load_file(str(SHIPPED)), meta
+
+
+def write_weights(path: Path, state, meta) -> Path:
+    from resnets.train.checkpoint import export_weights
+
+    export_weights(path, state, meta)
+    return path
+
+
+def nonfinite_weights(tmp: Path) -> Path:
+    """The shipped ResNet-20 with one batch-norm's running_var inf and one conv weight NaN: what a
+    diverged run (optim.lr=1e8) wrote in the issue."""
+    state, meta = shipped_state()
+    state["layer2.0.bn1.running_var"][:] = float("inf")
+    state["layer3.1.conv2.weight"][0, 0, 0, 0] = float("nan")
+    return write_weights(tmp / "diverged.safetensors", state, meta)
+
+
+NAN_MESSAGE = "holds non-finite weights: layer2.0.bn1.running_var"
+
+
+# ---- 1. non-finite weights are refused at every load point --------------------------------------
+
+@probe("nan-weights")
+def create_model_refuses(tmp: Path) -> None:
+    import resnets
+    from resnets.transfer.weights import WeightsError
+
+    path = nonfinite_weights(tmp)
+    try:
+        resnets.create_model("resnet20", weights=str(path))
+    except WeightsError as exc:
+        assert str(path) in str(exc) and NAN_MESSAGE in str(exc), exc
+    else:
+        raise AssertionError("create_model loaded NaN/inf weights")
+
+
+@probe("nan-weights")
+def checkpoint_refused(tmp: Path) -> None:
+    import torch
+
+    state, meta = shipped_state()
+    state["layer2.0.bn1.running_var"][:] = float("inf")
+    path = tmp / "last.pt"
+    torch.save({"model": state, "meta": meta}, path)
+    data = sample_folder(tmp / "data", 2)
+    with writes_nothing(tmp):
+        expect(*cli("eval", "--weights", path, "--data", data), 2, str(path), NAN_MESSAGE)
+
+
+@probe("nan-weights")
+def eval_refuses(tmp: Path) -> None:
+    path, data = nonfinite_weights(tmp), sample_folder(tmp / "data", 2)
+    with writes_nothing(tmp):
+        expect(*cli("eval", "--weights", path, "--data", data), 2, str(path), NAN_MESSAGE)
+
+
+@probe("nan-weights")
+def predict_refuses(tmp: Path) -> None:
+    path, data = nonfinite_weights(tmp), sample_folder(tmp / "data", 1)
+    expect(*cli("predict", "--weights", path, data / "cat"), 2, str(path), NAN_MESSAGE)
+
+
+@probe("nan-weights")
+def features_refuses(tmp: Path) -> None:
+    path, data = nonfinite_weights(tmp), sample_folder(tmp / "data", 1)
+    with writes_nothing(tmp):
+        expect(*cli("features", "--weights", path, data, "--out", tmp / "f.npy"), 2, str(path), NAN_MESSAGE)
+
+
+@probe("nan-weights")
+def export_refuses(tmp: Path) -> None:
+    path = nonfinite_weights(tmp)
+    with writes_nothing(tmp):
+        expect(*cli("export", "--weights", path, "--out", tmp / "m.onnx"), 2, str(path), NAN_MESSAGE)
+
+
+@probe("nan-weights")
+def quantize_refuses(tmp: Path) -> None:
+    path, data = nonfinite_weights(tmp), sample_folder(tmp / "data", 4)
+    with writes_nothing(tmp):
+        expect(*cli("quantize", "--weights", path, "--data", data, "--out", tmp / "q.pt"), 2, str(path),
+               NAN_MESSAGE)
+
+
+@probe("nan-weights")
+def serve_refuses(tmp: Path) -> None:
+    from resnets.serve import create_app
+    from resnets.transfer.weights import WeightsError
+
+    path = nonfinite_weights(tmp)
+    try:
+        create_app(path)
+    except WeightsError as exc:
+        assert str(path) in str(exc) and NAN_MESSAGE in str(exc), exc
+    else:
+        raise AssertionError("the server loaded NaN/inf weights")
+
+
+@probe("nan-weights")
+def export_parity_fails_on_nan(tmp: Path) -> None:
+    """The parity check itself: an all-NaN model compared with itself is a failure, not "max |diff| 0,
+    top-1 agreement 100 %" (Python's ``max(0.0, nan)`` is ``0.0``)."""
+    import math
+
+    import torch
+
+    import resnets
+    from resnets.deploy.export import compare
+
+    model = resnets.create_model("resnet20", weights=str(SHIPPED)).eval()
+    with torch.no_grad():
+        model.fc.bias.fill_(float("nan"))
+    parity = compare(model, model, torch.randn(8, 3, 32, 32), batch_size=3)
+    assert math.isnan(parity.max_abs_diff) and parity.nonfinite == 8 and parity.top1_agreement == 0, parity
+    assert not parity.ok(1e-3)
+
+
+@probe("nan-weights")
+def quantize_accuracy_fails_on_nan(tmp: Path) -> None:
+    import torch
+
+    import resnets
+    from resnets.deploy.quantize import accuracy
+
+    model = resnets.create_model("resnet20", weights=str(SHIPPED)).eval()
+    with torch.no_grad():
+        model.fc.bias[3] = float("nan")
+    try:
+        accuracy(model, torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))
+    except ValueError as exc:
+        assert "NaN/inf logits for 4 of 4" in str(exc), exc
+    else:
+        raise AssertionError("an accuracy was computed from NaN logits")
+
+
+# ---- 3. wrong inputs are errors that name the key or file, exit 2, nothing written --------------
+
+def _train(tmp: Path, *sets: str, data: Path | None = None, config: Path = QUICKSTART) -> tuple[int, str]:
+    data = data or sample_folder(tmp / "data", 4)
+    args = ["train", "--config", config, "--data", data, "--set", f"out_dir={tmp / 'runs'}",
+            "--set", "train.progress=false", "--set", "data.val_size=10"]
+    for s in sets:
+        args += ["--set", s]
+    return cli(*args)
+
+
+def _bad_train(*sets: str, message: str):
+    def run(tmp: Path) -> None:
+        data = sample_folder(tmp / "data", 4)
+        with writes_nothing(tmp):
+            expect(*_train(tmp, *sets, data=data), 2, message)
+        assert not (tmp / "runs").exists()
+    return run
+
+
+BAD_CONFIG = {
+    "data.limit=-5": "data.limit must be >= 0; got -5",
+    "data.val_size=-1": "data.val_size must be >= 0; got -1",
+    "optim.lr=0": "optim.lr must be > 0; got 0.0",
+    "optim.lr=.nan": "optim.lr must be > 0; got nan",
+    "optim.momentum=1.5": "optim.momentum must be in [0, 1); got 1.5",
+    "train.label_smoothing=2": "train.label_smoothing must be in [0, 1); got 2.0",
+    "train.threads=-1": "train.threads must be >= 0; got -1",
+    "train.batch_size=0": "train.batch_size must be >= 1; got 0",
+    "train.epochs=-3": "train.epochs must be >= 0; got -3",
+    "train.ema_decay=1": "train.ema_decay must be in [0, 1); got 1.0",
+    "schedule.milestones=[-1]": "schedule.milestones[0] must be >= 0; got -1",
+    # cuda:64 fails on every machine: no CUDA, or fewer than 65 devices.
+    "train.device=cuda:64": "train.device=cuda:64, but",
+    "train.device=tpu": "train.device must be auto, cpu, cuda, cuda:N or mps; got 'tpu'",
+}
+for _assignment, _message in BAD_CONFIG.items():
+    probe("bad-input", name=f"train {_assignment}")(_bad_train(_assignment, message=_message))
+
+
+@probe("bad-input")
+def cuda_without_gpu(tmp: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():  # on a GPU machine, the probe above (cuda:64) covers the count
+        return
+    _bad_train("train.device=cuda", message="train.device=cuda, but CUDA is not available")(tmp)
+
+
+@probe("bad-input")
+def yaml_python_tag_refused(tmp: Path) -> None:
+    marker = tmp / "executed"
+    config = tmp / "evil.yaml"
+    config.write_text(f"train:\n  epochs: 1\nname: !!python/object/apply:os.system ['touch {marker}']\n")
+    data = sample_folder(tmp / "data", 4)
+    with writes_nothing(tmp):
+        expect(*_train(tmp, data=data, config=config), 2, str(config),
+               "YAML tags that build Python objects are refused")
+    assert not marker.exists(), "the YAML tag ran"
+
+
+@probe("bad-input")
+def one_class_folder(tmp: Path) -> None:
+    data = sample_folder(tmp / "data", 8, classes=["cat"])
+    with writes_nothing(tmp):
+        expect(*_train(tmp, "data.val_size=2", data=data), 2, "1 class (cat)", "at least 2 class folders")
+
+
+@probe("bad-input")
+def empty_class_folder(tmp: Path) -> None:
+    data = sample_folder(tmp / "data", 4, classes=["cat", "dog"])
+    (data / "unicorn").mkdir()
+    with writes_nothing(tmp):
+        expect(*_train(tmp, "data.val_size=2", data=data), 2, "with no usable image: unicorn",
+               "data.allow_empty_classes=true")
+
+
+def _plain_state_dict(tmp: Path, num_classes: int) -> Path:
+    import torch
+
+    import resnets
+
+    path = tmp / f"resnet20_{num_classes}.pt"
+    torch.save(resnets.create_model("resnet20", num_classes=num_classes).state_dict(), path)
+    return path
+
+
+@probe("bad-input")
+def eval_class_count_mismatch(tmp: Path) -> None:
+    weights, data = _plain_state_dict(tmp, 5), sample_folder(tmp / "data", 2)
+    with writes_nothing(tmp):
+        expect(*cli("eval", "--model", "resnet20", "--weights", weights, "--data", data), 2,
+               f"{weights} has a 5-class classifier and no class names", "has 10 classes")
+
+
+@probe("bad-input")
+def eval_class_names_mismatch(tmp: Path) -> None:
+    state, meta = shipped_state()
+    meta["classes"] = [f"c{i}" for i in range(10)]
+    weights, data = write_weights(tmp / "renamed.safetensors", state, meta), sample_folder(tmp / "data", 2)
+    with writes_nothing(tmp):
+        expect(*cli("eval", "--weights", weights, "--data", data), 2,
+               f"has 10 class(es) that {weights} does not know: airplane")
+
+
+@probe("bad-input")
+def crafted_model_kwargs(tmp: Path) -> None:
+    state, meta = shipped_state()
+    meta["model_kwargs"] = {"evil": "__import__('os')"}
+    weights = write_weights(tmp / "crafted.safetensors", state, meta)
+    with writes_nothing(tmp):
+        expect(*cli("export", "--weights", weights, "--out", tmp / "m.onnx"), 2,
+               f"cannot build resnet20 (with model_kwargs from {weights})", "evil")
+
+
+@probe("bad-input")
+def model_kwargs_not_a_mapping(tmp: Path) -> None:
+    state, meta = shipped_state()
+    meta["model_kwargs"] = ["depth", 20]
+    weights = write_weights(tmp / "crafted.safetensors", state, meta)
+    expect(*cli("predict", "--weights", weights, SHIPPED), 2,
+           f"{weights}: metadata 'model_kwargs' must be a mapping of builder argument names to values")
+
+
+@probe("bad-input")
+def bad_mean_metadata(tmp: Path) -> None:
+    state, meta = shipped_state()
+    meta["std"] = [0.2, 0.0, 0.2]
+    weights = write_weights(tmp / "crafted.safetensors", state, meta)
+    expect(*cli("predict", "--weights", weights, SHIPPED), 2, f"{weights}: metadata 'std' must be three positive")
+
+
+@probe("bad-input")
+def shape_mismatch_names_the_file(tmp: Path) -> None:
+    weights = _plain_state_dict(tmp, 10)
+    with writes_nothing(tmp):
+        expect(*cli("export", "--model", "resnet32", "--weights", weights, "--out", tmp / "m.onnx"), 2,
+               f"{weights}: weights do not fit", "missing keys")
+
+
+@probe("bad-input")
+def garbage_weights_file(tmp: Path) -> None:
+    weights = tmp / "garbage.safetensors"
+    weights.write_bytes(b"\x00\x01not a safetensors file" * 10)
+    expect(*cli("predict", "--model", "resnet20", "--weights", weights, SHIPPED), 2,
+           f"{weights} is not a valid safetensors file")
+
+
+# ---- running ------------------------------------------------------------------------------------
+
+def run_probe(p: Probe) -> tuple[bool, str, float]:
+    start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="resnets-fault-"))
+    try:
+        p.fn(tmp)
+        return True, "", time.perf_counter() - start
+    except Exception as exc:  # noqa: BLE001 - a probe that did not hold, whatever the reason
+        detail = str(exc) if isinstance(exc, AssertionError) else traceback.format_exc(limit=3)
+        return False, detail, time.perf_counter() - start
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    import warnings
+
+    warnings.simplefilter("ignore")
+    chosen = [p for p in PROBES if not argv or any(word in p.id for word in argv)]
+    results = []
+    for p in chosen:
+        held, detail, seconds = run_probe(p)
+        results.append((p, held))
+        print(f"{'held  ' if held else 'FAILED'} {p.id} ({seconds:.1f} s)" + (f"\n    {detail}" if detail else ""),
+              flush=True)
+    groups: dict[str, list[bool]] = {}
+    for p, held in results:
+        groups.setdefault(p.group, []).append(held)
+    print()
+    for group, held in groups.items():
+        print(f"{group:>14}: {sum(held)} of {len(held)} held")
+    total = sum(h for _, h in results)
+    print(f"{'all':>14}: {len(results)} tried, {total} held, {len(results) - total} failed")
+    return 0 if total == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "src"))
+    sys.exit(main(sys.argv[1:]))
