@@ -396,6 +396,41 @@ def garbage_weights_file(tmp: Path) -> None:
            f"{weights} is not a valid safetensors file")
 
 
+# ---- 4. the server does bounded work -------------------------------------------------------------
+
+@probe("serve")
+def decode_amplification_refused(tmp: Path) -> None:
+    """256 real 4096 x 4096 PNGs of 16 kB each (each within --max-pixels; 4.2 MB in all): refused
+    from their headers, no image decoded (it once kept a core busy for minutes after the 504)."""
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from resnets.serve import create_app, inputs
+
+    png = io.BytesIO()
+    Image.new("L", (4096, 4096)).save(png, "PNG", compress_level=9)
+    decoded = []
+    original = inputs.decode_with_mode
+    inputs.decode_with_mode = lambda *a, **k: decoded.append(1) or original(*a, **k)
+    try:
+        with TestClient(create_app(SHIPPED)) as client:
+            start = time.monotonic()
+            r = client.post("/v1/predict", files=[("images", (f"{i}.png", png.getvalue(), "image/png"))
+                                                  for i in range(256)])
+            seconds = time.monotonic() - start
+    finally:
+        inputs.decode_with_mode = original
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_pixels", r.text
+    assert "--max-request-pixels" in r.json()["error"]["message"], r.text
+    assert not decoded and seconds < 10, (len(decoded), seconds)
+
+
+@probe("serve")
+def token_file_unreadable(tmp: Path) -> None:
+    expect(*cli("serve", "--weights", SHIPPED, "--token-file", tmp / "missing"), 2,
+           f"cannot read --token-file {tmp / 'missing'}")
+
+
 # ---- running ------------------------------------------------------------------------------------
 
 def run_probe(p: Probe) -> tuple[bool, str, float]:

@@ -243,17 +243,15 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
             decoded = decode_all(found, service.meta, max_pixels, max_request_pixels, stop)
             return decoded, service.inputs([d.array for d in decoded])
 
-        async def run(found):
-            with batcher.arriving():
-                decoded, x = await asyncio.to_thread(prepare, found)
-            return decoded, await batcher.submit(x)
-
         try:
             async with asyncio.timeout(timeout_s):
-                with app.state.bodies.account() as held:
+                with app.state.bodies.account() as held, batcher.arriving():
                     found = await uploads(request, "images", max_bytes=max_bytes, max_images=queue_size,
                                           held=held)
-                    decoded, probs = await _while_connected(request, stop, run(found))
+                    decoded, x = await _while_connected(request, stop, asyncio.to_thread(prepare, found))
+                # Nothing awaits between arriving() and submit (see Batcher.arriving). The model's
+                # share is bounded by the queue; a client that leaves now is answered all the same.
+                probs = await batcher.submit(x)
         except TimeoutError:
             raise timed_out(timeout_s) from None
         except QueueFull as exc:
