@@ -41,7 +41,7 @@ def test_torchvision_pth_file_loads_directly(tmp_path):
     assert _same_logits(ours, reference, torch.randn(1, 3, 64, 64)) <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["resnet50", "seresnet50", "resnetv2_50"])
+@pytest.mark.parametrize("name", ["resnet50", "seresnet50", "resnetv2_50", "resnet50d"])
 def test_timm_state_dicts_map_onto_ours(tmp_path, name):
     timm = pytest.importorskip("timm")
     reference = timm.create_model(name, pretrained=False)
@@ -123,20 +123,49 @@ def test_own_safetensors_rebuild_the_architecture_from_metadata(tmp_path):
         resnets.create_model("resnet32", weights=str(tmp_path / "w.safetensors"))
 
 
-@pytest.mark.parametrize("name,size", [("resnet50", 64), ("resnet20", 32), ("resnetv2_50", 64)])
+@pytest.mark.parametrize("name,size", [("resnet50", 64), ("resnet20", 32), ("resnetv2_50", 64), ("resnet50d", 64),
+                                       ("densenet121", 32), ("densenet_bc100_k12", 32)])
 def test_features_only_matches_feature_info(name, size):
     full = resnets.create_model(name).eval()
-    extractor = resnets.create_model(name, features_only=True, out_indices=(0, 1, 2, 3) if name == "resnet20"
-                                     else (1, 2, 3, 4)).eval()
-    extractor.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("fc.")})
+    head = resnets.model_entry(name).classifier
+    extractor = resnets.create_model(name, features_only=True).eval()  # every stage by default
+    assert len(extractor.out_indices) == len(full.feature_info) - 1
+    extractor.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith(f"{head}.")})
+    x = torch.randn(2, 3, size, size)
     with torch.no_grad():
-        maps = extractor(torch.randn(2, 3, size, size))
-        final = full.forward_features(torch.randn(2, 3, size, size) * 0)
+        maps = extractor(x)
+        final = full.forward_features(x)
     assert [m.shape[1] for m in maps] == extractor.channels()
     assert [size // m.shape[-1] for m in maps] == extractor.reductions()
-    assert final.shape[1:] == maps[-1].shape[1:]
+    torch.testing.assert_close(maps[-1], final)
+    stem = resnets.create_model(name, features_only=True, out_indices=(0,))
+    assert stem(x)[0].shape[-1] == size // full.feature_info[0]["reduction"]
     with pytest.raises(ValueError, match="out_indices"):
         FeatureExtractor(resnets.create_model(name), out_indices=(7,))
+
+
+def test_torchvision_densenet_file_loads_with_new_head_and_input_channels(tmp_path):
+    reference = torchvision.models.densenet121().eval()
+    torch.save(reference.state_dict(), tmp_path / "densenet121.pth")
+    ours = resnets.create_model("densenet121", weights=str(tmp_path / "densenet121.pth"))
+    assert ours.load_report.ok
+    x = torch.randn(1, 3, 32, 32)
+    assert _same_logits(ours, reference, x) <= 1e-5
+    with pytest.warns(UserWarning, match="re-initialised: classifier.weight"):
+        five = resnets.create_model("densenet121", weights=str(tmp_path / "densenet121.pth"), num_classes=5)
+    assert five.classifier.out_features == 5
+    with pytest.warns(UserWarning, match="adapted to the input channels: features.conv0.weight"):
+        gray = resnets.create_model("densenet121", weights=str(tmp_path / "densenet121.pth"), in_chans=1).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(gray(x[:, :1]), reference(x[:, :1].repeat(1, 3, 1, 1)), atol=1e-5, rtol=1e-4)
+
+
+def test_timm_resnet_d_file_adapts_its_deep_stem(tmp_path):
+    timm = pytest.importorskip("timm")
+    torch.save(timm.create_model("resnet18d", pretrained=False).state_dict(), tmp_path / "r18d.pth")
+    with pytest.warns(UserWarning, match="conv1.0.weight"):
+        model = resnets.create_model("resnet18d", weights=str(tmp_path / "r18d.pth"), in_chans=1)
+    assert model.conv1[0].in_channels == 1
 
 
 def _detection_batch():

@@ -19,20 +19,27 @@ class ModelEntry:
     input_size: tuple[int, int, int]  # (channels, height, width) the model was designed for
     num_classes: int  # default head size
     description: str
+    # Where loading weights finds the head (replaced for another num_classes) and the first conv
+    # (adapted for another in_chans): timm's pretrained_cfg "classifier" and "first_conv".
+    classifier: str = "fc"
+    first_conv: str = "conv1"
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(family: str, input_size: tuple[int, int, int], num_classes: int):
-    """Decorator: register a builder under its function name."""
+def register_model(family: str, input_size: tuple[int, int, int], num_classes: int, *,
+                   classifier: str = "fc", first_conv: str = "conv1"):
+    """Decorator: register a builder under its function name. ``classifier`` and ``first_conv``
+    name the head and the first convolution's modules where they are not ``fc`` and ``conv1``."""
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = builder.__name__
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
         doc = (builder.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ModelEntry(name, builder, family, input_size, num_classes, doc[0] if doc else "")
+        _REGISTRY[name] = ModelEntry(name, builder, family, input_size, num_classes, doc[0] if doc else "",
+                                     classifier, first_conv)
         return builder
 
     return wrap
@@ -76,7 +83,7 @@ def create_model(
     weights: str | None = None,
     strict: bool = True,
     features_only: bool = False,
-    out_indices: tuple[int, ...] = (1, 2, 3, 4),
+    out_indices: tuple[int, ...] | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build a registered model: ``create_model("resnet20", num_classes=10)``.
@@ -89,7 +96,7 @@ def create_model(
       different ``in_chans`` adapts the first convolution, and a warning says so. The weights'
       metadata is kept on the model as ``model.pretrained_meta``.
     - ``features_only=True`` returns a :class:`resnets.transfer.FeatureExtractor` giving the maps of
-      ``out_indices`` (0 = stem, 1..N = stages).
+      ``out_indices`` (0 = stem, 1..N = stages; all stages by default).
     """
     entry = model_entry(name)
     state, meta, source_classes = None, {}, None
@@ -105,8 +112,8 @@ def create_model(
         kwargs = {**saved_kwargs, **kwargs}
         if meta.get("classes"):
             source_classes = len(meta["classes"])
-        elif "fc.weight" in state:
-            source_classes = state["fc.weight"].shape[0]
+        elif f"{entry.classifier}.weight" in state:
+            source_classes = state[f"{entry.classifier}.weight"].shape[0]
     if num_classes is None:
         num_classes = source_classes if source_classes is not None else entry.num_classes
     try:
@@ -125,7 +132,8 @@ def create_model(
 
         new_head = source_classes is not None and num_classes != source_classes
         try:
-            report = load_into(model, state, strict=strict, new_head=new_head)
+            report = load_into(model, state, strict=strict, new_head=new_head,
+                               head=entry.classifier, first_conv=entry.first_conv)
         except WeightsError as exc:
             raise WeightsError(f"{weights}: {exc}") from None
         if report.reinitialized or report.adapted:

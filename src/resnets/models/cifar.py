@@ -49,48 +49,109 @@ def cifar_resnet(depth: int, *, bottleneck: bool = False, preact: bool = False, 
     return ResNet(block, [n, n, n], widths=(16, 32, 64), stem="cifar", stem_width=16, **kwargs)
 
 
-def _register_cifar_v1(depth: int, residual: bool, se: bool = False) -> None:
-    prefix = "resnet" if residual else "plain"
-    if se:
-        prefix = "se_resnet"
-    name = f"{prefix}{depth}"
-
-    def builder(**kwargs) -> ResNet:
-        if se:
-            kwargs.setdefault("se_reduction", 16)
-        return cifar_resnet(depth, **pin(kwargs, residual=residual))
-
-    kind = "squeeze-and-excitation ResNet" if se else ("ResNet" if residual else "plain network")
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"CIFAR {kind}-{depth}: basic blocks, 3 stages of {(depth - 2) // 6}, widths 16/32/64."
-    register_model("cifar", CIFAR_INPUT, 10)(builder)
-    globals()[name] = builder
+_cifar = register_model("cifar", CIFAR_INPUT, 10)
 
 
-for _depth in (20, 32, 44, 56, 110, 1202):
-    _register_cifar_v1(_depth, residual=True)
-for _depth in (20, 32, 44, 56, 110):
-    _register_cifar_v1(_depth, residual=False)
-for _depth in (20, 56):
-    _register_cifar_v1(_depth, residual=True, se=True)
+# One explicit builder per registered name (grep finds them). ResNets and plain networks pin
+# ``residual``; the pre-activation networks pin their block type.
 
 
-def _register_preact(depth: int) -> None:
-    name = f"preact_resnet{depth}"
-
-    def builder(**kwargs) -> ResNet:
-        return cifar_resnet(depth, **pin(kwargs, bottleneck=True, preact=True))
-
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = (
-        f"CIFAR pre-activation ResNet-{depth} (He et al. 2016): bottlenecks, 3 stages of {(depth - 2) // 9}."
-    )
-    register_model("cifar", CIFAR_INPUT, 10)(builder)
-    globals()[name] = builder
+@_cifar
+def resnet20(**kwargs) -> ResNet:
+    """CIFAR ResNet-20: basic blocks, 3 stages of 3, widths 16/32/64."""
+    return cifar_resnet(20, **pin(kwargs, residual=True))
 
 
-for _depth in (110, 164, 1001):
-    _register_preact(_depth)
+@_cifar
+def resnet32(**kwargs) -> ResNet:
+    """CIFAR ResNet-32: basic blocks, 3 stages of 5, widths 16/32/64."""
+    return cifar_resnet(32, **pin(kwargs, residual=True))
+
+
+@_cifar
+def resnet44(**kwargs) -> ResNet:
+    """CIFAR ResNet-44: basic blocks, 3 stages of 7, widths 16/32/64."""
+    return cifar_resnet(44, **pin(kwargs, residual=True))
+
+
+@_cifar
+def resnet56(**kwargs) -> ResNet:
+    """CIFAR ResNet-56: basic blocks, 3 stages of 9, widths 16/32/64."""
+    return cifar_resnet(56, **pin(kwargs, residual=True))
+
+
+@_cifar
+def resnet110(**kwargs) -> ResNet:
+    """CIFAR ResNet-110: basic blocks, 3 stages of 18, widths 16/32/64."""
+    return cifar_resnet(110, **pin(kwargs, residual=True))
+
+
+@_cifar
+def resnet1202(**kwargs) -> ResNet:
+    """CIFAR ResNet-1202: basic blocks, 3 stages of 200, widths 16/32/64."""
+    return cifar_resnet(1202, **pin(kwargs, residual=True))
+
+
+@_cifar
+def plain20(**kwargs) -> ResNet:
+    """CIFAR plain network-20: basic blocks, 3 stages of 3, widths 16/32/64."""
+    return cifar_resnet(20, **pin(kwargs, residual=False))
+
+
+@_cifar
+def plain32(**kwargs) -> ResNet:
+    """CIFAR plain network-32: basic blocks, 3 stages of 5, widths 16/32/64."""
+    return cifar_resnet(32, **pin(kwargs, residual=False))
+
+
+@_cifar
+def plain44(**kwargs) -> ResNet:
+    """CIFAR plain network-44: basic blocks, 3 stages of 7, widths 16/32/64."""
+    return cifar_resnet(44, **pin(kwargs, residual=False))
+
+
+@_cifar
+def plain56(**kwargs) -> ResNet:
+    """CIFAR plain network-56: basic blocks, 3 stages of 9, widths 16/32/64."""
+    return cifar_resnet(56, **pin(kwargs, residual=False))
+
+
+@_cifar
+def plain110(**kwargs) -> ResNet:
+    """CIFAR plain network-110: basic blocks, 3 stages of 18, widths 16/32/64."""
+    return cifar_resnet(110, **pin(kwargs, residual=False))
+
+
+@_cifar
+def se_resnet20(**kwargs) -> ResNet:
+    """CIFAR squeeze-and-excitation ResNet-20: basic blocks, 3 stages of 3, widths 16/32/64."""
+    kwargs.setdefault("se_reduction", 16)
+    return cifar_resnet(20, **pin(kwargs, residual=True))
+
+
+@_cifar
+def se_resnet56(**kwargs) -> ResNet:
+    """CIFAR squeeze-and-excitation ResNet-56: basic blocks, 3 stages of 9, widths 16/32/64."""
+    kwargs.setdefault("se_reduction", 16)
+    return cifar_resnet(56, **pin(kwargs, residual=True))
+
+
+@_cifar
+def preact_resnet110(**kwargs) -> ResNet:
+    """CIFAR pre-activation ResNet-110 (He et al. 2016): bottlenecks, 3 stages of 12."""
+    return cifar_resnet(110, **pin(kwargs, bottleneck=True, preact=True))
+
+
+@_cifar
+def preact_resnet164(**kwargs) -> ResNet:
+    """CIFAR pre-activation ResNet-164 (He et al. 2016): bottlenecks, 3 stages of 18."""
+    return cifar_resnet(164, **pin(kwargs, bottleneck=True, preact=True))
+
+
+@_cifar
+def preact_resnet1001(**kwargs) -> ResNet:
+    """CIFAR pre-activation ResNet-1001 (He et al. 2016): bottlenecks, 3 stages of 111."""
+    return cifar_resnet(1001, **pin(kwargs, bottleneck=True, preact=True))
 
 
 def wide_resnet_cifar(depth: int, widen_factor: int, **kwargs) -> ResNet:
@@ -105,17 +166,19 @@ def wide_resnet_cifar(depth: int, widen_factor: int, **kwargs) -> ResNet:
     return ResNet(PreActBasicBlock, [n, n, n], widths=widths, stem="cifar", stem_width=16, **kwargs)
 
 
-def _register_wrn(depth: int, k: int) -> None:
-    name = f"wrn{depth}_{k}"
-
-    def builder(**kwargs) -> ResNet:
-        return wide_resnet_cifar(depth, k, **kwargs)
-
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"CIFAR Wide ResNet WRN-{depth}-{k} (Zagoruyko & Komodakis 2016)."
-    register_model("cifar", CIFAR_INPUT, 10)(builder)
-    globals()[name] = builder
+@_cifar
+def wrn16_8(**kwargs) -> ResNet:
+    """CIFAR Wide ResNet WRN-16-8 (Zagoruyko & Komodakis 2016)."""
+    return wide_resnet_cifar(16, 8, **kwargs)
 
 
-for _depth, _k in ((16, 8), (28, 10), (40, 4)):
-    _register_wrn(_depth, _k)
+@_cifar
+def wrn28_10(**kwargs) -> ResNet:
+    """CIFAR Wide ResNet WRN-28-10 (Zagoruyko & Komodakis 2016)."""
+    return wide_resnet_cifar(28, 10, **kwargs)
+
+
+@_cifar
+def wrn40_4(**kwargs) -> ResNet:
+    """CIFAR Wide ResNet WRN-40-4 (Zagoruyko & Komodakis 2016)."""
+    return wide_resnet_cifar(40, 4, **kwargs)

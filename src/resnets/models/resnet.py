@@ -1,8 +1,10 @@
 """The one ``ResNet`` class every family is built from.
 
-Unlike torchvision's, the stem is a choice: ``"imagenet"`` (7x7 stride-2 conv and max-pool, He et al.
-2015 Table 1) or ``"cifar"`` (one 3x3 conv, section 4.2), so CIFAR networks, ImageNet networks and
-their pre-activation and plain counterparts share one implementation and one set of module names
+Unlike torchvision's, the stem is a choice by name (:data:`resnets.layers.STEMS`: ``"imagenet"``,
+the 7x7 stride-2 conv and max-pool of He et al. 2015 Table 1; ``"cifar"``, one 3x3 conv, section 4.2;
+``"deep"``, ResNet-C's three 3x3 convs, He et al. 2019), and so is the shortcut
+(:data:`resnets.layers.SHORTCUTS`), so CIFAR networks, ImageNet networks, ResNet-D and their
+pre-activation and plain counterparts share one implementation and one set of module names
 (``conv1, bn1, layer1..4, fc``) that torchvision checkpoints load into.
 """
 
@@ -15,8 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from ..blocks import BLOCKS, _Block
+from ..layers import make_stem
 
-STEMS = ("imagenet", "cifar")
+# The block signature every block class shares (resnets.blocks); ResNet passes these itself.
+_SHARED_BLOCK_ARGS = ("shortcut", "groups", "base_width", "dilation", "se_reduction", "stride_in_1x1",
+                      "residual", "drop_rate")
 
 
 class ResNet(nn.Module):
@@ -27,8 +32,9 @@ class ResNet(nn.Module):
             make a v2 network, with a conv-only stem and a final BN-ReLU before pooling.
         layers: number of blocks per stage.
         widths: ``planes`` of each stage (output channels are ``planes * block.expansion``).
-        stem: ``"imagenet"`` or ``"cifar"``; ``stem_width``: channels of the stem conv.
-        shortcut: ``"A"``, ``"B"`` or ``"C"`` (see :func:`resnets.layers.make_shortcut`).
+        stem: a name in :data:`resnets.layers.STEMS` (``"imagenet"``, ``"cifar"``, ``"deep"``);
+            ``stem_width``: the stem's output channels.
+        shortcut: a name in :data:`resnets.layers.SHORTCUTS` (``"A"``, ``"B"``, ``"C"``, ``"avg"``).
         groups, width_per_group: grouped / widened 3x3 in bottlenecks (ResNeXt, Wide ResNet-50).
         se_reduction: squeeze-and-excitation ratio in every block (0: none).
         stride_in_1x1: the paper's v1 bottleneck (stride on the first 1x1) instead of v1.5.
@@ -37,6 +43,9 @@ class ResNet(nn.Module):
         output_stride: 32 (ImageNet) / 8 (CIFAR) by default; smaller values replace the stride of the
             last stages by dilation, for dense prediction (Chen et al. 2017, DeepLabV3).
         drop_rate: dropout before the classifier; block_drop_rate: dropout inside blocks (WRN).
+        block_args: further keyword arguments for every block, for block classes with arguments of
+            their own (timm's ``block_args``): a new block keyword needs no edit here or in the
+            other blocks.
     """
 
     def __init__(
@@ -59,14 +68,13 @@ class ResNet(nn.Module):
         output_stride: int | None = None,
         drop_rate: float = 0.0,
         block_drop_rate: float = 0.0,
+        block_args: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(block, str):
             if block not in BLOCKS:
                 raise ValueError(f"unknown block {block!r}; choose one of {', '.join(BLOCKS)}")
             block = BLOCKS[block]
-        if stem not in STEMS:
-            raise ValueError(f"stem must be one of {', '.join(STEMS)}; got {stem!r}")
         if len(layers) != len(widths):
             raise ValueError(f"layers {list(layers)} and widths {list(widths)} must have the same length")
         if len(layers) not in (3, 4):
@@ -77,23 +85,22 @@ class ResNet(nn.Module):
         self.num_classes = num_classes
         self.drop_rate = drop_rate
 
-        # Stem. A v2 stem is conv only: the first block's pre-activation normalises its output.
-        reduction = 1
-        if stem == "imagenet":
-            self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
-            reduction = 2
-        else:
-            self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=3, stride=1, padding=1, bias=False)
+        block_args = dict(block_args or {})
+        if clash := sorted(set(block_args) & set(_SHARED_BLOCK_ARGS)):
+            raise ValueError(f"block_args {clash} are ResNet arguments; pass them directly, not in block_args")
+
+        # Stem. A v2 stem ends with its conv: the first block's pre-activation normalises its output.
+        parts = make_stem(stem, in_chans, stem_width)
+        self.conv1 = parts.conv
+        reduction = parts.conv_stride
         # Identity placeholders instead of branches keep one forward path (and TorchScript happy).
         self.bn1: nn.Module = nn.Identity() if self.preact else nn.BatchNorm2d(stem_width)
         self.relu: nn.Module = nn.Identity() if self.preact else nn.ReLU(inplace=True)
         self.feature_info: list[dict[str, Any]] = [
             {"num_chs": stem_width, "reduction": reduction, "module": "conv1" if self.preact else "relu"}
         ]
-        self.maxpool: nn.Module = nn.Identity()
-        if stem == "imagenet":
-            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-            reduction *= 2
+        self.maxpool: nn.Module = parts.pool
+        reduction *= parts.pool_stride
 
         max_stride = output_stride or (reduction * 2 ** (len(layers) - 1))
         in_channels, dilation = stem_width, 1
@@ -117,6 +124,7 @@ class ResNet(nn.Module):
                         dilation=previous_dilation if i == 0 else dilation,
                         se_reduction=se_reduction, stride_in_1x1=stride_in_1x1,
                         residual=residual, drop_rate=block_drop_rate,
+                        **block_args,
                     )
                 )
                 in_channels = planes * block.expansion
@@ -149,6 +157,13 @@ class ResNet(nn.Module):
 
     def stem(self, x: Tensor) -> Tensor:
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def forward_units(self) -> list[tuple[str, nn.Module]]:
+        """The modules :meth:`forward_features` applies, in order, with their names: where
+        :class:`resnets.transfer.FeatureExtractor` cuts the network (``feature_info`` names points on it)."""
+        units = [("conv1", self.conv1), ("bn1", self.bn1), ("relu", self.relu), ("maxpool", self.maxpool)]
+        units += [(name, getattr(self, name)) for name in self.stage_names]
+        return units + [("norm", self.norm), ("act", self.act)]
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Input images to the last feature map (after the final BN-ReLU for v2 networks)."""
