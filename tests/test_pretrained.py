@@ -53,3 +53,12 @@ def test_eval_reproduces_recorded_accuracy_on_the_5k_split(record, cifar_train_d
 def test_unknown_tag_says_what_is_available():
     with pytest.raises(FileNotFoundError, match="available for resnet20: cifar10"):
         resnets.create_model("resnet20", weights="imagenet")
+
+
+@pytest.mark.parametrize("record", [r for r in RECORDS if "val_top1_flip" in r.metrics],
+                         ids=lambda r: f"{r.model}-{r.tag}")
+def test_eval_with_flip_tta_reproduces_the_recorded_accuracy(record, cifar_train_dir, capsys, tmp_path):
+    code = main(["eval", "--model", record.model, "--weights", record.tag, "--data", str(cifar_train_dir),
+                 "--holdout", "--tta", "flip", "--json", "--confusion", str(tmp_path / "cm.png")])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(record.metrics["val_top1_flip"], abs=1e-4)
