@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .errors import UnknownNameError
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -45,10 +47,10 @@ def register_model(family: str, input_size: tuple[int, int, int], num_classes: i
     return wrap
 
 
-def _unknown(name: str) -> KeyError:
+def _unknown(name: str) -> UnknownNameError:
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `resnets models` lists them all"
-    return KeyError(f"unknown model {name!r}{hint}")
+    return UnknownNameError(f"unknown model {name!r}{hint}")
 
 
 def model_entry(name: str) -> ModelEntry:

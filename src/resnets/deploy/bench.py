@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..registry import create_model, model_entry
 from .fuse import compile_for_inference, fold_bn, to_channels_last
 
@@ -98,18 +99,18 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
     log = log or (lambda _msg: None)
     dev = torch.device(device)
     if dev.type not in DEFAULT_VARIANTS:
-        raise ValueError(f"device {device!r}: the benchmark runs on cpu or cuda")
+        raise InputError(f"device {device!r}: the benchmark runs on cpu or cuda")
     variants = tuple(variants) if variants else DEFAULT_VARIANTS[dev.type]
     entry = model_entry(model)
     size = size or entry.input_size[1]
     unknown = set(variants) - set(VARIANTS)
     if unknown:
-        raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+        raise InputError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     if dev.type != "cpu" and set(variants) & set(CPU_ONLY):
-        raise ValueError(f"variants {', '.join(v for v in CPU_ONLY if v in variants)} run on the CPU only; "
+        raise InputError(f"variants {', '.join(v for v in CPU_ONLY if v in variants)} run on the CPU only; "
                          f"leave them out on {device}")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: CUDA is not available on this machine")
+        raise InputError(f"device {device!r}: CUDA is not available on this machine")
     x1, xb = torch.randn(1, 3, size, size, device=dev), torch.randn(batch, 3, size, size, device=dev)
 
     ours = create_model(model).eval()

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import TensorImageDataset, build_transforms, load_image, open_dataset, split_train_val
+from ..errors import InputError
 from ..train.config import DataConfig
 
 DEFAULT_VAL_SIZE = DataConfig.val_size  # the training engine's defaults
@@ -166,7 +167,7 @@ def load_files(paths: Sequence[str | Path], size: Sequence[int]) -> Tensor:
         img = load_image(path)
         arrays.append(np.asarray(img if img.size == (w, h) else img.resize((w, h), Image.BICUBIC)))
     if not arrays:
-        raise ValueError("no images to load")
+        raise InputError("no images to load")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 

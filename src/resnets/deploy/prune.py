@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..blocks import _Block
+from ..errors import InputError
 from ..layers import PadShortcut, SqueezeExcite
 
 
@@ -55,7 +56,7 @@ def prune_structured(model: nn.Module, ratio: float, example: Tensor, *, inplace
     import torch_pruning as tp
 
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"pruning ratio must be in [0, 1); got {ratio}")
+        raise InputError(f"pruning ratio must be in [0, 1); got {ratio}")
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
@@ -81,7 +82,7 @@ def prune_unstructured(model: nn.Module, amount: float, *, inplace: bool = False
     from torch.nn.utils import prune
 
     if not 0.0 <= amount < 1.0:
-        raise ValueError(f"pruning amount must be in [0, 1); got {amount}")
+        raise InputError(f"pruning amount must be in [0, 1); got {amount}")
     if not inplace:
         model = copy.deepcopy(model)
     targets = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from ..errors import InputError
+
 # Trainable groups of a ResNet, input to output. "conv1" stands for the whole stem.
 STEM = ("conv1", "bn1")
 
@@ -31,7 +33,7 @@ def _prefixes(model: nn.Module, names: Iterable[str]) -> tuple[str, ...]:
         elif name in valid:
             prefixes.append(f"{name}.")
         else:
-            raise ValueError(f"unknown stage {name!r} to freeze; choose from {', '.join(valid)}")
+            raise InputError(f"unknown stage {name!r} to freeze; choose from {', '.join(valid)}")
     return tuple(prefixes)
 
 
@@ -102,7 +104,7 @@ class GradualUnfreezer:
 
     def __init__(self, model: nn.Module, every: int = 1, frozen: str | Sequence[str] = ()) -> None:
         if every < 1:
-            raise ValueError(f"gradual unfreezing needs every >= 1 epoch; got {every}")
+            raise InputError(f"gradual unfreezing needs every >= 1 epoch; got {every}")
         self.model = model
         self.every = every
         keep = set(parse_names(frozen))  # stages the user froze for good stay out of the order
