@@ -50,3 +50,41 @@ def test_unexpected_errors_show_their_traceback_and_exit_1():
     assert done.returncode == 1
     assert "Traceback (most recent call last)" in done.stderr and "in broken" in done.stderr
     assert "ValueError: a bug, not a typo" in done.stderr
+
+
+def test_import_resnets_loads_no_heavy_optional_module():
+    # Issue 18: `resnets --help` paid 2.6 s for torchvision.models (and torch._dynamo) through the
+    # detection backbones; the commands that need them import them themselves.
+    heavy = ["torchvision", "torch._dynamo", "matplotlib", "tensorboard", "torch.utils.tensorboard",
+             "onnx", "onnxruntime", "fastapi", "uvicorn", "torch_pruning", "triton"]
+    code = ("import sys, json, resnets, resnets.cli\n"
+            "resnets.cli.build_parser()\n"
+            f"print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))")
+    done = _run(code=code)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+
+
+def test_recorded_model_counts_are_current():
+    from resnets.profile import COUNTS_FILE, measure_zoo, model_code_hash
+
+    record = json.loads(COUNTS_FILE.read_text())
+    assert record["model_code_sha256"] == model_code_hash(), (
+        f"{COUNTS_FILE.name} was measured on other model code; rewrite it with "
+        'python -c "from resnets.profile import write_zoo_counts; write_zoo_counts()"')
+    import resnets
+
+    assert sorted(record["counts"]) == sorted(resnets.list_models())
+    cheap = ["resnet20", "plain20", "preact_resnet164", "resnet18", "resnet50"]
+    assert {n: record["counts"][n] for n in cheap} == measure_zoo(cheap)
+
+
+def test_zoo_profiles_measure_what_the_record_lacks(tmp_path, monkeypatch):
+    import resnets.profile as prof
+
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "data"))
+    monkeypatch.setattr(prof, "COUNTS_FILE", tmp_path / "none.json")
+    stats = prof.zoo_profiles(["resnet20"])["resnet20"]
+    assert (stats.params, stats.macs) == (269_722, 40_551_424)
+    cached = json.loads(next(tmp_path.glob("model_counts-*.json")).read_text())
+    assert cached["counts"]["resnet20"]["params"] == 269_722

@@ -7,7 +7,6 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..errors import InputError
 
@@ -71,6 +70,9 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every ``BatchNorm2d`` by torchvision's ``FrozenBatchNorm2d`` in place: statistics and
     affine parameters fixed, as detection fine-tuning does with small batches (torchvision's
     detection backbones). Returns the module (a bare BatchNorm2d is returned converted)."""
+    # Here, not at the top: importing torchvision loads its model zoo and torch._dynamo (2-3 s; issue 18).
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
     if isinstance(module, nn.BatchNorm2d):
         frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
         with torch.no_grad():
