@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ..blocks import _Block
 from ..errors import InputError
 from ..layers import PadShortcut, SqueezeExcite
+from ..progress import LoopProgress
 
 
 def _block_output_convs(block: nn.Module) -> list[nn.Module]:
@@ -111,6 +112,7 @@ def fine_tune(model: nn.Module, images: Tensor, labels: Tensor, *, epochs: int =
     steps = max(1, epochs * -(-len(images) // batch_size))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15)
     model.train()
+    progress = LoopProgress("fine-tune", steps, unit="steps")
     for epoch in range(epochs):
         order = torch.randperm(len(images))
         total, count = 0.0, 0
@@ -130,8 +132,10 @@ def fine_tune(model: nn.Module, images: Tensor, labels: Tensor, *, epochs: int =
                 weight.data.mul_(mask)
             total += loss.item() * len(idx)
             count += len(idx)
+            progress.advance(1, epoch=epoch + 1, loss=round(total / count, 4))
         if log:
             log(f"fine-tune epoch {epoch + 1}/{epochs}: loss {total / count:.3f}")
+    progress.close()
     return model.eval()
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..progress import LoopProgress
 from ..registry import load_model as load_registered
 
 
@@ -95,16 +96,18 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
     k = len(classes)
     confusion = torch.zeros(k, k, dtype=torch.int64)
     correct5 = 0
-    for x, y in _batches(ds, meta, batch_size, device):
-        y = remap[y.cpu()].to(device)
-        logits = _logits(net, x, tta)
-        # argmax of NaN is an index: a silent "accuracy" (issue 15). -inf is allowed: flip TTA's
-        # log of an averaged probability that underflowed to 0.
-        if bool((logits.isnan() | logits.isposinf()).any()):
-            raise InputError(f"{weights}: the model produced NaN/inf logits on {data}; its accuracy is undefined")
-        pred = logits.argmax(1)
-        confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
-        correct5 += int((logits.topk(min(5, k), 1).indices == y[:, None]).any(1).sum())
+    with LoopProgress(f"eval {Path(data).name}", len(ds), unit="images") as progress:
+        for x, y in _batches(ds, meta, batch_size, device):
+            y = remap[y.cpu()].to(device)
+            logits = _logits(net, x, tta)
+            # argmax of NaN is an index: a silent "accuracy" (issue 15). -inf is allowed: flip TTA's
+            # log of an averaged probability that underflowed to 0.
+            if bool((logits.isnan() | logits.isposinf()).any()):
+                raise InputError(f"{weights}: the model produced NaN/inf logits on {data}; its accuracy is undefined")
+            pred = logits.argmax(1)
+            confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
+            correct5 += int((logits.topk(min(5, k), 1).indices == y[:, None]).any(1).sum())
+            progress.advance(len(y), top1=round(float(confusion.diag().sum()) / float(confusion.sum()), 4))
     n = int(confusion.sum())
     per_class_n = confusion.sum(1)
     result = {
