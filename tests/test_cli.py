@@ -15,7 +15,7 @@ from resnets.cli import main
 
 def _run(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "resnets", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
 
 
 def test_python_dash_m_runs_the_cli_and_version_comes_from_the_metadata():

@@ -30,7 +30,7 @@ def test_training_to_a_file_writes_whole_progress_lines(tmp_path):
                "--set", "train.epochs=2", "--set", "train.tensorboard=false", "--set", "train.plots=false",
                "--set", f"out_dir={tmp_path / 'runs'}"]
     with open(log, "w") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, text=True, timeout=600,
+        done = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, text=True, timeout=1200,
                               env={**os.environ, "RESNETS_LOG_EVERY": "0", "COLUMNS": "80"})
     assert done.returncode == 0, done.stderr
     lines = log.read_text().splitlines()
@@ -85,7 +85,7 @@ def test_bench_infer_stops_cleanly_on_ctrl_c():
                 break
         time.sleep(1)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
     assert proc.returncode == 130, err
