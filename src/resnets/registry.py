@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .errors import UnknownNameError
+from .errors import InputError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -122,10 +122,10 @@ def create_model(
         model = entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     except TypeError as exc:  # an argument the builder does not take: a message, not a traceback
         where = f" (with model_kwargs from {weights})" if weights is not None and meta.get("model_kwargs") else ""
-        raise ValueError(f"cannot build {name}{where}: {exc}") from None
+        raise InputError(f"cannot build {name}{where}: {exc}") from None
     except ValueError as exc:
         if weights is not None and meta.get("model_kwargs"):
-            raise ValueError(f"cannot build {name} with model_kwargs from {weights}: {exc}") from None
+            raise InputError(f"cannot build {name} with model_kwargs from {weights}: {exc}") from None
         raise
     if state is not None:
         import warnings

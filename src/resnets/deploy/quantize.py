@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..progress import LoopProgress
 
 BACKEND = "x86"
@@ -108,7 +109,7 @@ def predict(model: nn.Module, images: Tensor, batch_size: int = 128) -> Tensor:
             logits = model(x)
             if not bool(torch.isfinite(logits).all()):
                 bad = int((~torch.isfinite(logits).all(1)).sum())
-                raise ValueError(f"{type(model).__name__} produced NaN/inf logits for {bad} of {len(x)} images "
+                raise InputError(f"{type(model).__name__} produced NaN/inf logits for {bad} of {len(x)} images "
                                  f"(images {len(out) * batch_size}..{len(out) * batch_size + len(x) - 1})")
             out.append(logits.argmax(1))
             progress.advance(len(x))
