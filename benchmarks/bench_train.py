@@ -98,14 +98,16 @@ def reference_rate(data: str, steps: int, device: torch.device, warmup: int = 3)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.environ.get("RESNETS_DATA"), help="CIFAR-10 image folder (or RESNETS_DATA)")
+    parser.add_argument("--data", default=os.environ.get("RESNETS_DATA"),
+                        help="CIFAR-10 image folder or archive folder (default: $RESNETS_DATA)")
     parser.add_argument("--steps", type=int, default=40, help="timed steps of 128 images for each loop")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--nchw", action="store_true", help="engine without channels-last (as the reference)")
     parser.add_argument("--compile", action="store_true", help="engine with train.compile=true (inductor)")
     args = parser.parse_args()
     if not args.data:
-        parser.error("give --data DIR or set RESNETS_DATA")
+        parser.error("no data: pass --data DIR (CIFAR-10 images, e.g. ../shared/datasets/cifar10-jpeg/train) "
+                     "or set RESNETS_DATA")
     device = torch.device(args.device)
 
     model = resnets.create_model("resnet20")

@@ -1,12 +1,17 @@
 """resnets: residual networks faithful to the papers (He et al. 2015; 2016) on PyTorch."""
 
+from importlib import metadata as _metadata
+
 from . import models  # noqa: F401  (registers the zoo)
 from .blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from .models import DenseNet, ResNet, cifar_resnet, imagenet_resnet, resnet_v1, resnet_v2, wide_resnet_cifar
 from .profile import Profile, count_params, profile
 from .registry import create_model, list_models, load_model, model_entry, register_model
 
-__version__ = "0.1.0"
+try:  # the installed distribution's version (pyproject.toml), one place for it
+    __version__ = _metadata.version("resnets")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path without `pip install -e .`
+    __version__ = "0+unknown"
 
 __all__ = [
     "BasicBlock", "Bottleneck", "DenseNet", "PreActBasicBlock", "PreActBottleneck", "Profile", "ResNet",

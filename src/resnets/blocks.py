@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from .errors import InputError
 from .layers import SqueezeExcite, conv1x1, conv3x3, make_shortcut
 
 
@@ -71,7 +72,7 @@ class BasicBlock(_Block):
     ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
-            raise ValueError("BasicBlock supports only groups=1 and base_width=64; use Bottleneck for ResNeXt")
+            raise InputError("BasicBlock supports only groups=1 and base_width=64; use Bottleneck for ResNeXt")
         out_channels = planes * self.expansion
         self.conv1 = conv3x3(in_channels, planes, stride, dilation=dilation)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -170,7 +171,7 @@ class PreActBasicBlock(_Block):
     ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
-            raise ValueError("PreActBasicBlock supports only groups=1 and base_width=64")
+            raise InputError("PreActBasicBlock supports only groups=1 and base_width=64")
         out_channels = planes * self.expansion
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.relu = nn.ReLU(inplace=True)

@@ -64,11 +64,11 @@ def _cifar10_cpu(model: str, sha256: str, top1: float, top5: float, top1_flip: f
 
 # From runs of the project's own recipes; RESULTS.md gives the commands and the timings.
 RECORDS: list[WeightsRecord] = [
-    _cifar10_cpu("resnet20", "bf1dab1733785189de8321410d101ec160ead1b03da8f8411b7e1d23365f97eb", 0.8552, 0.9884,
+    _cifar10_cpu("resnet20", "29cf7edd61837f7368ae76a8f8a5d23f2d92189e2f608e9913b66cafb06141ee", 0.8552, 0.9884,
                  0.8676, "7,068", "2-core x86 CPU (AMD EPYC, AVX2), shared with test runs during the run"),
-    _cifar10_fast("resnet32", "e8952e7f73beb9bd3a88cec7726a4fadeef2dff6b2d95b464751de5380a2acc9", 0.8372, 0.9898,
+    _cifar10_fast("resnet32", "8a63e28c7f65e8089a54b668b04371fa42cc285af035ebfdf696e5dcafeba072", 0.8372, 0.9898,
                   "2,260", "2-core x86 CPU (AMD EPYC, AVX2), otherwise idle"),
-    _cifar10_fast("resnet56", "829f1ddfdb3993a313edc71c5530562f3d21285168ce6884f6458f6c1bde1df0", 0.8436, 0.9912,
+    _cifar10_fast("resnet56", "e448efacacfc3f421163c1e77a7f19dbe1620704f71f1b983b349101abbe2cd8", 0.8436, 0.9912,
                   "5,136", "2-core x86 CPU (AMD EPYC, AVX2); other jobs ran on it during the first two epochs"),
 ]
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .errors import InputError, UnknownNameError
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -45,10 +47,10 @@ def register_model(family: str, input_size: tuple[int, int, int], num_classes: i
     return wrap
 
 
-def _unknown(name: str) -> KeyError:
+def _unknown(name: str) -> UnknownNameError:
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `resnets models` lists them all"
-    return KeyError(f"unknown model {name!r}{hint}")
+    return UnknownNameError(f"unknown model {name!r}{hint}")
 
 
 def model_entry(name: str) -> ModelEntry:
@@ -120,10 +122,10 @@ def create_model(
         model = entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     except TypeError as exc:  # an argument the builder does not take: a message, not a traceback
         where = f" (with model_kwargs from {weights})" if weights is not None and meta.get("model_kwargs") else ""
-        raise ValueError(f"cannot build {name}{where}: {exc}") from None
+        raise InputError(f"cannot build {name}{where}: {exc}") from None
     except ValueError as exc:
         if weights is not None and meta.get("model_kwargs"):
-            raise ValueError(f"cannot build {name} with model_kwargs from {weights}: {exc}") from None
+            raise InputError(f"cannot build {name} with model_kwargs from {weights}: {exc}") from None
         raise
     if state is not None:
         import warnings

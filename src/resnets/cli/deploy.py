@@ -1,254 +1,74 @@
-"""``resnets export | quantize | prune | explain | bench infer``: deployment commands over
-:mod:`resnets.deploy`.
-
-Every command takes ``--model NAME`` and optionally ``--weights FILE``. Real images come from the
-training engine's own train/validation split of ``--data`` (:mod:`resnets.deploy.data`): accuracy
-is measured on the held-out part, calibration and fine-tuning use the train part. Input
-normalisation is taken from, in order: ``--mean/--std``, the weights' metadata, or the statistics
-of the split's train part (CIFAR's own, never ImageNet's).
+"""``resnets export | quantize | prune | explain | bench infer``: parse the arguments, call one function
+of :mod:`resnets.deploy` (``export_model``, ``quantize_model``, ``prune_model``, ``bench_infer``),
+print its report (``--json``: its ``to_dict()``), and say with the exit code whether its check passed.
+Where the images and the normalisation come from is said in :mod:`resnets.deploy.api`.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
-
-import torch
-
-from . import UsageError
-
-SUFFIX_FORMATS = {".onnx": "onnx", ".pt2": "pt2", ".pt": "torchscript", ".ts": "torchscript"}
 
 
 def _say(args, message: str) -> None:
     # With --json, stdout carries only the JSON document; progress goes to stderr.
-    print(message, file=sys.stderr if getattr(args, "json", False) else sys.stdout)
+    print(message, file=sys.stderr if getattr(args, "json", False) else sys.stdout, flush=True)
 
 
-def _loaded(args):
-    from ..deploy.weights import load_model
+def _data(args):
+    from ..deploy.api import DataChoice
 
-    return load_model(args.model, args.weights, getattr(args, "num_classes", None))
-
-
-def _split(args, loaded):
-    """The training engine's train/validation split of the data (see :mod:`resnets.deploy.data`)."""
-    from ..deploy.data import data_dir, open_split
-
-    root = data_dir(args.data, loaded.metadata)
-    if root is None:
-        raise UsageError("no images: pass --data DIR (an image folder <DIR>/<class>/<image> or a CIFAR archive "
-                         "folder) or set RESNETS_DATA")
-    split = open_split(root, loaded.metadata, getattr(args, "val_size", None), getattr(args, "split_seed", None))
-    for note in split.notes:
-        _say(args, f"note: {note}")
-    return split
+    return DataChoice(getattr(args, "data", None), getattr(args, "val_size", None), getattr(args, "split_seed", None),
+                      args.mean, args.std)
 
 
-def _normalization(args, loaded, fallback=None):
-    """(mean, std, where from): --mean/--std, else the weights' metadata, else ``fallback``."""
-    if args.mean or args.std:
-        if not (args.mean and args.std) or len(args.mean) != 3 or len(args.std) != 3:
-            raise UsageError("--mean and --std take three values each (R G B, pixels in [0, 1])")
-        return tuple(args.mean), tuple(args.std), "--mean/--std"
-    if loaded.mean and loaded.std:
-        return loaded.mean, loaded.std, "the weights' metadata"
-    if fallback is None:
-        raise UsageError("no normalisation known: pass --mean/--std or weights with metadata")
-    return fallback
+def _print(args, report) -> None:
+    print(report.to_json() if args.json else report, flush=True)
 
 
-def _split_normalization(args, loaded, split):
-    return _normalization(args, loaded, (split.mean, split.std, f"the training part of {split.root}"))
-
-
-def _samples(args, loaded, n_train: int, n_val: int):
-    """Normalised (train, train labels, val, val labels) tensors, the split, and a line saying where from."""
-    from ..deploy.data import normalize, take
-
-    split = _split(args, loaded)
-    size = loaded.input_size[1:]
-    mean, std, source = _split_normalization(args, loaded, split)
-    train_u8, train_y = take(split.train, n_train, size, seed=0)
-    val_u8, val_y = take(split.val, n_val, size, seed=1)
-    return (normalize(train_u8, mean, std), train_y, normalize(val_u8, mean, std), val_y, split,
-            f"mean/std from {source}; {split.describe()}")
-
-
-def _latency_ms(model, size, iters: int = 10) -> float:
-    import statistics
-
-    x = torch.randn(1, *size)
-    times = []
-    with torch.no_grad():
-        model(x)
-        for _ in range(iters):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
-# ---- export -----------------------------------------------------------------------------------
+# ---- export, quantize, prune ------------------------------------------------------------------
 
 def run_export(args) -> int:
-    from ..deploy.export import compare, export, load_exported
+    from ..deploy.api import export_model
 
-    loaded = _loaded(args)
-    fmt = args.format or SUFFIX_FORMATS.get(Path(args.out).suffix)
-    if fmt is None:
-        raise UsageError(f"cannot tell the format from {args.out!r}; pass --format onnx|torchscript|pt2")
-    size = loaded.input_size
-    if args.size:
-        size = (size[0], args.size, args.size)
-    example = torch.randn(2, *size)
-    out = export(loaded.model, example, args.out, fmt, dynamic_batch=not args.static_batch)
-    result = {"model": loaded.name, "format": fmt, "out": str(out), "bytes": out.stat().st_size,
-              "dynamic_batch": not args.static_batch}
-    _say(args, f"wrote {out} ({fmt}, {out.stat().st_size / 1e6:.1f} MB, "
-               f"{'dynamic' if not args.static_batch else 'static'} batch)")
-    if fmt == "onnx" and args.check:
-        from ..deploy.data import data_dir, normalize, take
+    report = export_model(args.model, args.weights, out=args.out, format=args.format, size=args.size,
+                          dynamic_batch=not args.static_batch, check=args.check, check_images=args.check_images,
+                          tolerance=args.tolerance, data=_data(args), num_classes=args.num_classes,
+                          log=lambda m: _say(args, m))
+    _print(args, report)
+    return 0 if report.passed else 1
 
-        if data_dir(args.data, loaded.metadata) is not None:
-            split = _split(args, loaded)
-            images, _ = take(split.val, args.check_images, size[1:], seed=1)
-            mean, std, source = _split_normalization(args, loaded, split)
-            inputs = normalize(images, mean, std)
-            what = f"{len(images)} real validation images from {split.root} (mean/std from {source})"
-            result["split"] = split.to_dict()
-        else:
-            inputs, what = torch.randn(args.check_images, *size), f"{args.check_images} random inputs (no --data)"
-        if args.static_batch:  # the file accepts only the example's batch of 2
-            inputs = inputs[: len(inputs) // 2 * 2]
-        # Batches of 50 on purpose: a shorter last batch exercises the dynamic batch dimension.
-        parity = compare(loaded.model, load_exported(out, "onnx"), inputs, batch_size=2 if args.static_batch else 50)
-        result["onnxruntime_check"] = {**parity.to_dict(), "inputs": what}
-        _say(args, f"onnxruntime vs PyTorch on {what}: max |diff| {parity.max_abs_diff:.3g}, "
-                   f"top-1 agreement {100 * parity.top1_agreement:.2f}%"
-                   + (f", NaN/inf logits on {parity.nonfinite} input(s)" if parity.nonfinite else ""))
-        if not parity.ok(args.tolerance):
-            _say(args, f"WARNING: the ONNX model disagrees with PyTorch (tolerance {args.tolerance})")
-            if args.json:
-                print(json.dumps(result, indent=2))
-            return 1
-    if args.json:
-        print(json.dumps(result, indent=2))
-    return 0
-
-
-# ---- quantize ---------------------------------------------------------------------------------
 
 def run_quantize(args) -> int:
-    from ..deploy.quantize import compare_accuracy, quantize_aware_train, quantize_static
+    from ..deploy.api import quantize_model
 
-    loaded = _loaded(args)
-    calibration_images = max(args.calibration, args.qat_images)
-    train, train_y, val, val_y, split, norm = _samples(args, loaded, calibration_images, args.val)
-    _say(args, f"{loaded.name}: {len(train)} calibration / {len(val)} validation images, {norm}")
-    calibration = train[:args.calibration]
-    start = time.perf_counter()
-    if args.qat_epochs:
-        int8 = quantize_aware_train(loaded.model, train, train_y, epochs=args.qat_epochs, lr=args.lr,
-                                    log=lambda m: _say(args, m))
-        method = f"QAT, {args.qat_epochs} epoch(s) on {len(train)} images"
-    else:
-        int8 = quantize_static(loaded.model, calibration)
-        method = f"post-training static, calibrated on {len(calibration)} images"
-    seconds = time.perf_counter() - start
-    report = compare_accuracy(loaded.model, int8, val, val_y, len(calibration))
-    fp32_ms, int8_ms = _latency_ms(loaded.model, loaded.input_size), _latency_ms(int8, loaded.input_size)
-    result = {"model": loaded.name, "method": method, **report.to_dict(), "seconds": seconds,
-              "latency_ms_fp32": fp32_ms, "latency_ms_int8": int8_ms, "max_drop": args.max_drop,
-              "split": split.to_dict()}
-    _say(args, f"int8 ({method}) in {seconds:.1f} s")
-    _say(args, f"top-1 on {report.images} validation images: fp32 {report.fp32_top1:.2f}% -> int8 "
-               f"{report.int8_top1:.2f}% (drop {report.drop:+.2f} points, agreement {100 * report.agreement:.1f}%)")
-    _say(args, f"latency at batch 1: fp32 {fp32_ms:.2f} ms, int8 {int8_ms:.2f} ms")
-    if args.out:
-        from ..deploy.export import export_torchscript
+    report = quantize_model(args.model, args.weights, data=_data(args), calibration=args.calibration, val=args.val,
+                            max_drop=args.max_drop, qat_epochs=args.qat_epochs, qat_images=args.qat_images,
+                            lr=args.lr, out=args.out, num_classes=args.num_classes, log=lambda m: _say(args, m))
+    _print(args, report)
+    return 3 if report.exceeded and args.strict else 0
 
-        path = export_torchscript(int8, val[:2], args.out)
-        result["out"] = str(path)
-        _say(args, f"wrote {path} (TorchScript, int8)")
-    status = 0
-    if report.drop > args.max_drop:
-        banner = "!" * 78
-        print(f"{banner}\nWARNING: int8 accuracy dropped {report.drop:.2f} points, more than --max-drop "
-              f"{args.max_drop}.\nTry more calibration images (--calibration) or QAT (--qat-epochs 1).\n{banner}",
-              file=sys.stderr)
-        status = 3 if args.strict else 0
-    if args.json:
-        print(json.dumps(result, indent=2))
-    return status
-
-
-# ---- prune ------------------------------------------------------------------------------------
 
 def run_prune(args) -> int:
-    from ..deploy.prune import fine_tune, prune_structured, prune_unstructured, sparsity
-    from ..deploy.quantize import accuracy
-    from ..profile import profile
+    from ..deploy.api import prune_model
 
-    loaded = _loaded(args)
-    train, train_y, val, val_y, split, norm = _samples(args, loaded, args.train_images, args.val)
-    _say(args, f"{loaded.name}: {len(train)} fine-tuning / {len(val)} validation images, {norm}")
-    model, size = loaded.model, loaded.input_size
-
-    def measure(m) -> dict:
-        stats = profile(m, size)
-        return {"params": stats.params, "macs": stats.macs, "latency_ms": _latency_ms(m, size),
-                "top1": accuracy(m, val, val_y).top1, "sparsity": sparsity(m)}
-
-    before = measure(model)
-    if args.method == "structured":
-        pruned = prune_structured(model, args.ratio, torch.randn(1, *size))
-    else:
-        pruned = prune_unstructured(model, args.ratio)
-    after_prune = measure(pruned)
-    if args.epochs:
-        fine_tune(pruned, train, train_y, epochs=args.epochs, lr=args.lr,
-                  keep_zeros=args.method == "unstructured", log=lambda m: _say(args, m))
-    after = measure(pruned)
-    result = {"model": loaded.name, "method": args.method, "ratio": args.ratio, "fine_tune_epochs": args.epochs,
-              "before": before, "pruned": after_prune, "after_fine_tune": after,
-              "split": split.to_dict()}
-    for label, row in (("before", before), ("pruned", after_prune), ("fine-tuned", after)):
-        _say(args, f"{label:>10}: {row['params']:>10,} params {row['macs'] / 1e6:>9.2f}M MACs "
-                   f"{row['latency_ms']:>7.2f} ms  top-1 {row['top1']:.2f}%  sparsity {100 * row['sparsity']:.1f}%")
-    if args.out:
-        out = Path(args.out)
-        if out.suffix == ".safetensors":
-            if args.method == "structured":
-                raise UsageError("structured pruning changes layer shapes: save as .pt2, .onnx or .pt")
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous() for k, v in pruned.state_dict().items()}, str(out),
-                      metadata={"model": json.dumps(loaded.name), **({"mean": json.dumps(loaded.mean),
-                                "std": json.dumps(loaded.std)} if loaded.mean else {})})
-        else:
-            from ..deploy.export import export
-
-            fmt = SUFFIX_FORMATS.get(out.suffix)
-            if fmt is None:
-                raise UsageError(f"--out must end in .safetensors, .pt2, .onnx or .pt; got {out.name}")
-            export(pruned, torch.randn(2, *size), out, fmt)
-        result["out"] = str(out)
-        _say(args, f"wrote {out}")
-    if args.json:
-        print(json.dumps(result, indent=2))
+    report = prune_model(args.model, args.weights, method=args.method, ratio=args.ratio, epochs=args.epochs,
+                         train_images=args.train_images, val=args.val, lr=args.lr, out=args.out, data=_data(args),
+                         num_classes=args.num_classes, log=lambda m: _say(args, m))
+    _print(args, report)
     return 0
 
 
 # ---- explain ----------------------------------------------------------------------------------
 
 def run_explain(args) -> int:
+    from ..deploy.api import normalization, open_model_split
     from ..deploy.data import load_files, normalize
     from ..deploy.gradcam import default_target_layer, grad_cam, save_overlays
+    from ..deploy.weights import load_model
 
-    loaded = _loaded(args)
+    loaded = load_model(args.model, args.weights, args.num_classes)
     paths = [Path(p) for p in args.images]
     for p in paths:
         if not p.is_file():
@@ -258,7 +78,7 @@ def run_explain(args) -> int:
     fallback, own = None, None
     if not (args.mean or loaded.mean):
         if args.data:
-            split = _split(args, loaded)
+            split = open_model_split(loaded, _data(args), lambda m: _say(args, m))
             fallback = (split.mean, split.std, f"the training part of {split.root}")
         else:
             from ..data import compute_normalization
@@ -266,7 +86,7 @@ def run_explain(args) -> int:
             own = load_files(paths, size)
             fallback = (*compute_normalization(own), f"statistics of the {len(own)} images")
             _say(args, "note: no --mean/--std, metadata or --data: normalising with the given images' own statistics")
-    mean, std, source = _normalization(args, loaded, fallback)
+    mean, std, source = normalization(loaded, _data(args), fallback)
     written, rows = [], []
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start:start + args.batch_size]
@@ -290,52 +110,13 @@ def run_explain(args) -> int:
 
 def run_bench_infer(args) -> int:
     from ..deploy.bench import bench_infer
-
-    variants = tuple(args.variants.split(",")) if args.variants else None
     from ..deploy.data import data_dir
 
-    data = data_dir(args.data)
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    try:
-        rows = bench_infer(args.model, args.size, args.batch, args.iters, args.warmup, variants, data,
-                           log=lambda m: _say(args, m), device=args.device)
-    except ValueError as exc:
-        raise UsageError(f"bench infer: {exc}") from None
-    meta = {"model": args.model, "size": args.size, "batch": args.batch, "iters": args.iters,
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": _cpu_name(),
-            "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"}
-    if args.json:
-        print(json.dumps({**meta, "rows": [r.to_dict() for r in rows]}, indent=2))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    from ..registry import model_entry
-
-    side = args.size or model_entry(args.model).input_size[1]
-    where = meta["device"] if args.device.startswith("cuda") else f"{meta['threads']} threads, {meta['cpu']}"
-    table = Table(title=f"{args.model} at {side}x{side}, {where}, "
-                        f"median of {args.iters}")
-    for column in ("variant", "latency b=1 (ms)", "speed-up", f"throughput b={args.batch} (img/s)", "ratio",
-                   "set-up (s)", "note"):
-        table.add_column(column, justify="left" if column in ("variant", "note") else "right")
-    for r in rows:
-        table.add_row(r.variant, f"{r.latency_ms:.1f}", f"{r.latency_speedup:.2f}x", f"{r.throughput:.1f}",
-                      f"{r.throughput_ratio:.2f}x", f"{r.setup_s:.1f}", r.note)
-    Console(width=200).print(table)
-    return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "cpu"
+    variants = tuple(args.variants.split(",")) if args.variants else None
+    report = bench_infer(args.model, args.size, args.batch, args.iters, args.warmup, variants, data_dir(args.data),
+                         log=lambda m: _say(args, m), device=args.device, threads=args.threads)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report, flush=True)
+    return 130 if report.interrupted else 0
 
 
 # ---- parsers ----------------------------------------------------------------------------------

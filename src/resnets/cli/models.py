@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import json
 
-from ..profile import profile
-from ..registry import create_model, list_models, model_entry
+from ..profile import zoo_profiles
+from ..registry import list_models, model_entry
 
 
 def model_table(pattern: str | None = None, family: str | None = None) -> list[dict]:
     """One row per registered model: name, family, parameters, MACs at its default input size."""
     rows = []
-    for name in list_models(pattern, family):
+    names = list_models(pattern, family)
+    for name, stats in zoo_profiles(names).items():
         entry = model_entry(name)
-        # Counting needs only shapes: build on the meta device so resnet1202 or wrn28_10 costs nothing.
-        import torch
-
-        with torch.device("meta"):
-            model = create_model(name)
-        stats = profile(model, entry.input_size)
         rows.append({
             "name": name, "family": entry.family, "params": stats.params, "macs": stats.macs,
             "input_size": list(entry.input_size), "num_classes": entry.num_classes,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import UsageError
+
 
 def run_features(args) -> int:
     import numpy as np
@@ -13,7 +15,7 @@ def run_features(args) -> int:
 
     out = Path(args.out)
     if out.suffix != ".npy":
-        raise ValueError(f"--out must end in .npy; got {out}")
+        raise UsageError(f"--out must end in .npy; got {out}")
     features, paths = extract_features(args.weights, args.images, model=args.model, device=args.device,
                                        batch_size=args.batch_size)
     out.parent.mkdir(parents=True, exist_ok=True)

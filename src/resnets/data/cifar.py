@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .info import DatasetInfo, compute_normalization
 
 CIFAR10_DIR = "cifar-10-batches-py"
@@ -92,9 +93,9 @@ def read_pickle(path) -> dict[str, object]:
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"CIFAR file not found: {path}") from exc
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise ValueError(f"{path}: not a readable CIFAR pickle ({type(exc).__name__}: {exc})") from exc
+        raise InputError(f"{path}: not a readable CIFAR pickle ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
+        raise InputError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
@@ -102,7 +103,7 @@ def _names(values, path) -> list[str]:
     try:
         return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
     except (TypeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: class names are not strings ({exc})") from exc
+        raise InputError(f"{path}: class names are not strings ({exc})") from exc
 
 
 def find_cifar_root(path) -> tuple[str, Path] | None:
@@ -115,7 +116,7 @@ def find_cifar_root(path) -> tuple[str, Path] | None:
                 candidates.append((kind, folder))
                 break
     if len(candidates) > 1:
-        raise ValueError(
+        raise InputError(
             f"{path} holds both a CIFAR-10 and a CIFAR-100 archive; pass {candidates[0][1]} or {candidates[1][1]}"
         )
     return candidates[0] if candidates else None
@@ -126,14 +127,14 @@ def read_cifar(folder, kind: str, split: str = "train", label_set: str = "fine")
     folder = Path(folder)
     files = CIFAR10_FILES if kind == "cifar10" else CIFAR100_FILES
     if split not in ("train", "test"):
-        raise ValueError(f"CIFAR archives have splits 'train' and 'test', not {split!r}")
+        raise InputError(f"CIFAR archives have splits 'train' and 'test', not {split!r}")
     if kind == "cifar100" and label_set not in ("fine", "coarse"):
-        raise ValueError(f"CIFAR-100 label_set must be 'fine' or 'coarse', not {label_set!r}")
+        raise InputError(f"CIFAR-100 label_set must be 'fine' or 'coarse', not {label_set!r}")
     meta_path = folder / files["meta"]
     meta = read_pickle(meta_path)
     name_key = "label_names" if kind == "cifar10" else f"{label_set}_label_names"
     if name_key not in meta:
-        raise ValueError(f"{meta_path}: no {name_key!r} entry (found {sorted(meta)})")
+        raise InputError(f"{meta_path}: no {name_key!r} entry (found {sorted(meta)})")
     classes = _names(meta[name_key], meta_path)
     label_key = "labels" if kind == "cifar10" else f"{label_set}_labels"
     images, labels = [], []
@@ -141,16 +142,16 @@ def read_cifar(folder, kind: str, split: str = "train", label_set: str = "fine")
         path = folder / name
         batch = read_pickle(path)
         if "data" not in batch or label_key not in batch:
-            raise ValueError(f"{path}: expected 'data' and {label_key!r} entries, found {sorted(batch)}")
+            raise InputError(f"{path}: expected 'data' and {label_key!r} entries, found {sorted(batch)}")
         data = batch["data"]
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
             shape = getattr(data, "shape", None)
-            raise ValueError(f"{path}: 'data' must be a uint8 array N x 3072, found {type(data).__name__} {shape}")
+            raise InputError(f"{path}: 'data' must be a uint8 array N x 3072, found {type(data).__name__} {shape}")
         lab = np.asarray(batch[label_key], dtype=np.int64)
         if lab.shape != (data.shape[0],):
-            raise ValueError(f"{path}: {len(lab)} labels for {data.shape[0]} images")
+            raise InputError(f"{path}: {len(lab)} labels for {data.shape[0]} images")
         if lab.size and (lab.min() < 0 or lab.max() >= len(classes)):
-            raise ValueError(f"{path}: labels outside 0..{len(classes) - 1}")
+            raise InputError(f"{path}: labels outside 0..{len(classes) - 1}")
         images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
         labels.append(torch.from_numpy(lab))
     return torch.cat(images), torch.cat(labels), classes
@@ -241,7 +242,7 @@ def write_cifar_archive(root, kind: str, train: tuple, test: tuple, classes: lis
     def as_arrays(images, labels):
         images = torch.as_tensor(images)
         if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, 32, 32):
-            raise ValueError(f"CIFAR images must be uint8 (N, 3, 32, 32), got {images.dtype} {tuple(images.shape)}")
+            raise InputError(f"CIFAR images must be uint8 (N, 3, 32, 32), got {images.dtype} {tuple(images.shape)}")
         return images.reshape(len(images), 3072).numpy(), [int(v) for v in torch.as_tensor(labels)]
 
     names = [c.encode("utf-8") for c in classes]
@@ -267,5 +268,5 @@ def write_cifar_archive(root, kind: str, train: tuple, test: tuple, classes: lis
         _dump_py2({b"fine_label_names": names, b"coarse_label_names": [c.encode() for c in coarse[2]]},
                   folder / "meta")
     else:
-        raise ValueError(f"kind must be 'cifar10' or 'cifar100', not {kind!r}")
+        raise InputError(f"kind must be 'cifar10' or 'cifar100', not {kind!r}")
     return folder

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from .images import BadFile, BadImageError, decode_with_mode, has_image_extension, is_hidden, read_bytes
 
 CLASS_ORDERS = ("alphabetical", "natural")
@@ -44,7 +45,7 @@ def read_class_map(path) -> list[str]:
         try:
             return class_map_order(json.loads(text), str(path))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"class-map file {path}: invalid JSON ({exc})") from exc
+            raise InputError(f"class-map file {path}: invalid JSON ({exc})") from exc
     names = [line.strip() for line in text.splitlines()]
     return class_map_order([n for n in names if n and not n.startswith("#")], str(path))
 
@@ -54,17 +55,17 @@ def class_map_order(mapping, where: str = "class_map") -> list[str]:
         try:
             pairs = sorted((int(index), str(name)) for name, index in mapping.items())
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{where}: indices must be integers ({exc})") from exc
+            raise InputError(f"{where}: indices must be integers ({exc})") from exc
         if [i for i, _ in pairs] != list(range(len(pairs))):
-            raise ValueError(f"{where}: indices must be 0..{len(pairs) - 1} without gaps or repeats")
+            raise InputError(f"{where}: indices must be 0..{len(pairs) - 1} without gaps or repeats")
         names = [n for _, n in pairs]
     elif isinstance(mapping, list | tuple):
         names = [str(n) for n in mapping]
     else:
-        raise ValueError(f"{where}: expected a list of class names or a dict name -> index, got {type(mapping).__name__}")
+        raise InputError(f"{where}: expected a list of class names or a dict name -> index, got {type(mapping).__name__}")
     repeated = [n for n, c in Counter(names).items() if c > 1]
     if repeated or not names:
-        raise ValueError(f"{where}: class names must be unique and non-empty (repeated: {repeated})")
+        raise InputError(f"{where}: class names must be unique and non-empty (repeated: {repeated})")
     return names
 
 
@@ -83,7 +84,7 @@ def resolve_classes(root: Path, class_map=None) -> list[str]:
     """
     found = class_dirs(root)
     if not found:
-        raise ValueError(f"{root} has no class folders: expected {root}/<class>/<image files>")
+        raise InputError(f"{root} has no class folders: expected {root}/<class>/<image files>")
     if class_map is None or class_map == "alphabetical":
         classes = sorted(found)
         if class_map is None and all(n.isdigit() for n in classes) and classes != sorted(found, key=int):
@@ -101,7 +102,7 @@ def resolve_classes(root: Path, class_map=None) -> list[str]:
     missing = [c for c in classes if c not in found]
     extra = sorted(set(found) - set(classes))
     if missing:
-        raise ValueError(f"{root}: class map names folders that do not exist: {missing[:10]}")
+        raise InputError(f"{root}: class map names folders that do not exist: {missing[:10]}")
     if extra:
         warnings.warn(f"{root}: folders not in the class map are ignored: {extra[:10]}", UserWarning, stacklevel=3)
     return classes

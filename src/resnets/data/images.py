@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..errors import InputError
+
 # Extensions that Pillow decodes; others in a class folder are reported as "not an image file"
 # rather than silently dropped, so a folder of .heic or .txt files does not look empty by accident.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -25,7 +27,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".g
 BACKGROUND = (255, 255, 255)
 
 
-class BadImageError(ValueError):
+class BadImageError(InputError):
     """An image file that cannot be decoded. ``path`` and ``reason`` are kept for reports."""
 
     def __init__(self, path, reason: str):

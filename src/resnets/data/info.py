@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..errors import InputError
+
 
 @dataclass
 class DatasetInfo:
@@ -54,9 +56,9 @@ def compute_normalization(images_uint8: torch.Tensor) -> tuple[tuple, tuple]:
     and no float copy of the whole set (50,000 CIFAR images would need 1.2 GB as float64).
     """
     if images_uint8.dtype != torch.uint8 or images_uint8.dim() != 4:
-        raise ValueError(f"expected uint8 images (N, C, H, W), got {images_uint8.dtype} {tuple(images_uint8.shape)}")
+        raise InputError(f"expected uint8 images (N, C, H, W), got {images_uint8.dtype} {tuple(images_uint8.shape)}")
     if images_uint8.shape[0] == 0:
-        raise ValueError("cannot compute normalisation statistics of an empty image set")
+        raise InputError("cannot compute normalisation statistics of an empty image set")
     values = torch.arange(256, dtype=torch.float64) / 255.0
     mean, std = [], []
     for c in range(images_uint8.shape[1]):

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..errors import InputError
 from .images import BadImageWarning
 from .info import DatasetInfo
 from .order import BatchPlan, derive_seed, generator
@@ -34,7 +35,7 @@ def _threads(n: int | None):
 
 def _check_not_empty(plan: BatchPlan) -> None:
     if plan.train and plan.drop_last and plan.n > 0 and len(plan) == 0:
-        raise ValueError(
+        raise InputError(
             f"batch_size {plan.batch_size} x world_size {plan.world_size} exceeds the {plan.n} training images: "
             "with drop_last every epoch would be empty; use a smaller batch or drop_last=False")
 
@@ -102,7 +103,7 @@ class BatchLoader(_Position):
         if not isinstance(dataset, TensorImageDataset):
             raise TypeError(f"BatchLoader needs a TensorImageDataset, got {type(dataset).__name__}; use make_loader")
         if crop_padding < 0 or cutout < 0:
-            raise ValueError(f"crop_padding and cutout must be >= 0, got {crop_padding}, {cutout}")
+            raise InputError(f"crop_padding and cutout must be >= 0, got {crop_padding}, {cutout}")
         self.dataset = dataset
         self.info = info or dataset.info
         self.train = train
@@ -228,7 +229,7 @@ def build_transforms(train: bool, info: DatasetInfo, image_size: int = 224, *, r
         elif auto_augment in ("trivialaugment", "trivial"):
             ops.append(v2.TrivialAugmentWide())
         elif auto_augment is not None:
-            raise ValueError(f"auto_augment must be 'randaugment', 'trivialaugment' or None, not {auto_augment!r}")
+            raise InputError(f"auto_augment must be 'randaugment', 'trivialaugment' or None, not {auto_augment!r}")
     else:
         ops += [v2.Resize(resize_size or round(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size)]
     ops += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
@@ -307,7 +308,7 @@ class FolderLoader(_Position):
         # RandomResizedCrop instead, so the option is accepted and has no effect here.
         del crop_padding
         if cutout:
-            raise ValueError(f"cutout={cutout} is for in-memory small images; for large images use "
+            raise InputError(f"cutout={cutout} is for in-memory small images; for large images use "
                              "random_erasing=p (RandomErasing, the same idea per sample)")
         self.info = info or dataset.info
         self.train = train

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError
 from . import cache
 from .cifar import CIFAR10_DIR, CIFAR100_DIR, download_cifar, find_cifar_root, open_cifar
 from .folder import decode_files, list_files, resolve_classes, resolve_split_dir
@@ -20,7 +21,7 @@ from .tensor_dataset import TensorImageDataset
 SMALL_IMAGE_MAX = 64  # px: at or below this, the whole set is decoded into memory (CIFAR, SVHN, Tiny ImageNet)
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """The dataset cannot be used as asked (strict mode found bad files, nothing usable, ...)."""
 
 
@@ -221,7 +222,7 @@ def open_dataset(path, *, split: str = "train", download: bool = False, strict: 
     if cifar is None and download:
         kind = _cifar_kind_from_name(path)
         if kind is None:
-            raise ValueError(f"--download fetches CIFAR-10 or CIFAR-100: name the folder after one, e.g. "
+            raise InputError(f"--download fetches CIFAR-10 or CIFAR-100: name the folder after one, e.g. "
                              f"{path.parent / 'cifar10'} or {path.parent / 'cifar100'} (got {path})")
         target = path.parent if path.name in (CIFAR10_DIR, CIFAR100_DIR) else path
         download_cifar(target, kind)
@@ -231,9 +232,9 @@ def open_dataset(path, *, split: str = "train", download: bool = False, strict: 
         return open_cifar(folder, kind, split, label_set)
     if path.is_file():
         if path.name.endswith((".tar.gz", ".tgz")):
-            raise ValueError(f"{path} is an archive: extract it (tar xzf {path.name}) and pass the folder, "
+            raise InputError(f"{path} is an archive: extract it (tar xzf {path.name}) and pass the folder, "
                              "or pass the folder that holds it with --download to have it checked and extracted")
-        raise ValueError(f"{path} is a file; expected a CIFAR archive folder or an image folder DIR/<class>/<image>")
+        raise InputError(f"{path} is a file; expected a CIFAR archive folder or an image folder DIR/<class>/<image>")
     if not path.exists():
         hint = " (pass download=True / --download to fetch CIFAR there)" if _cifar_kind_from_name(path) else ""
         raise FileNotFoundError(f"dataset not found: {path}{hint}")
@@ -284,12 +285,12 @@ def split_train_val(dataset, val_size: int | float = 5000, seed: int = 0):
     n = len(dataset)
     if isinstance(val_size, float):
         if not 0.0 <= val_size < 1.0:
-            raise ValueError(f"val_size as a fraction must be in [0, 1), got {val_size} (pass an int for a count)")
+            raise InputError(f"val_size as a fraction must be in [0, 1), got {val_size} (pass an int for a count)")
         count = int(round(val_size * n))
     else:
         count = int(val_size)
     if not 0 <= count < n:
-        raise ValueError(f"val_size={val_size} must leave at least one training image out of {n}")
+        raise InputError(f"val_size={val_size} must leave at least one training image out of {n}")
     labels = dataset.labels
     num_classes = len(dataset.info.classes)
     counts = labels.bincount(minlength=num_classes).double()

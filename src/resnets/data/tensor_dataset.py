@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
 from .images import BadFile
 from .info import DatasetInfo
 
@@ -18,10 +19,10 @@ class TensorImageDataset:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, info: DatasetInfo,
                  bad_files: list[BadFile] | None = None):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise InputError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
         labels = torch.as_tensor(labels, dtype=torch.int64)
         if labels.shape != (images.shape[0],):
-            raise ValueError(f"{images.shape[0]} images but labels of shape {tuple(labels.shape)}")
+            raise InputError(f"{images.shape[0]} images but labels of shape {tuple(labels.shape)}")
         self.images = images
         self.labels = labels
         self.info = info

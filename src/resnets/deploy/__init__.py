@@ -1,10 +1,25 @@
 """Deployment: export (ONNX, TorchScript, PT2), faster CPU inference (BN folding, channels-last,
 torch.compile, int8), pruning, Grad-CAM explanations and the inference benchmark.
 
+The commands' library functions: ``export_model``, ``quantize_model``, ``prune_model`` and
+``bench_infer`` return report dataclasses (``print(report)``, ``report.to_dict()``); see
+:mod:`resnets.deploy.api`.
+
 Heavy optional dependencies (onnx, onnxruntime, torch-pruning) are imported where used, so
 ``import resnets.deploy`` works without the ``deploy`` extra.
 """
 
+from .api import (
+    DataChoice,
+    ExportReport,
+    PruneReport,
+    PruneStage,
+    QuantizeReport,
+    export_model,
+    prune_model,
+    quantize_model,
+)
+from .bench import BenchReport, BenchRow, bench_infer
 from .export import (
     FORMATS,
     Parity,
@@ -22,6 +37,8 @@ from .quantize import QuantReport, accuracy, compare_accuracy, predict, quantize
 from .weights import LoadedModel, load_model
 
 __all__ = [
+    "BenchReport", "BenchRow", "DataChoice", "ExportReport", "PruneReport", "PruneStage", "QuantizeReport",
+    "bench_infer", "export_model", "prune_model", "quantize_model",
     "FORMATS", "LoadedModel", "Parity", "QuantReport", "accuracy", "compare", "compare_accuracy",
     "compile_for_inference", "conv_bn_pairs", "default_target_layer", "export", "export_onnx", "export_pt2",
     "export_torchscript", "fine_tune", "fold_bn", "grad_cam", "load_exported", "load_model", "overlay",

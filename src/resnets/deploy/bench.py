@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..registry import create_model, model_entry
 from .fuse import compile_for_inference, fold_bn, to_channels_last
 
@@ -47,6 +49,52 @@ class BenchRow:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class BenchReport:
+    """What ``bench_infer`` measured: one row per variant, and where. ``interrupted`` when Ctrl-C
+    stopped it: the rows are those finished before."""
+
+    model: str
+    size: int
+    batch: int
+    iters: int
+    threads: int
+    torch: str
+    device: str  # "cpu", or the GPU's name
+    cpu: str
+    rows: list[BenchRow]
+    interrupted: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        where = self.device if self.device != "cpu" else f"{self.threads} threads, {self.cpu}"
+        head = ["variant", "latency b=1 (ms)", "speed-up", f"throughput b={self.batch} (img/s)", "ratio",
+                "set-up (s)", "note"]
+        body = [[r.variant, f"{r.latency_ms:.1f}", f"{r.latency_speedup:.2f}x", f"{r.throughput:.1f}",
+                 f"{r.throughput_ratio:.2f}x", f"{r.setup_s:.1f}", r.note] for r in self.rows]
+        widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+        lines = [f"{self.model} at {self.size}x{self.size}, {where}, median of {self.iters}"
+                 + (" (interrupted: the variants finished before Ctrl-C)" if self.interrupted else "")]
+        for row in [head, *body]:
+            lines.append("  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w)
+                                   for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+        return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"
 
 
 def _time(fn: Callable[[], object], iters: int, warmup: int) -> float:
@@ -94,22 +142,27 @@ def _calibration(size: int, n: int, data_dir: str | Path | None) -> tuple[Tensor
 def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 32, iters: int = 10,
                 warmup: int = 2, variants: tuple[str, ...] | None = None, data_dir: str | Path | None = None,
                 calibration_images: int = 64, log: Callable[[str], None] | None = None,
-                device: str = "cpu") -> list[BenchRow]:
+                device: str = "cpu", threads: int | None = None) -> BenchReport:
+    """Time ``model`` in each of ``variants`` (default :data:`DEFAULT_VARIANTS` for the device) at batch 1
+    and at ``batch``; ``log`` gets a line as each one is built and timed. Ctrl-C stops it cleanly:
+    the report holds the variants finished before, with ``interrupted`` set."""
     log = log or (lambda _msg: None)
+    if threads:
+        torch.set_num_threads(threads)
     dev = torch.device(device)
     if dev.type not in DEFAULT_VARIANTS:
-        raise ValueError(f"device {device!r}: the benchmark runs on cpu or cuda")
+        raise InputError(f"device {device!r}: the benchmark runs on cpu or cuda")
     variants = tuple(variants) if variants else DEFAULT_VARIANTS[dev.type]
     entry = model_entry(model)
     size = size or entry.input_size[1]
     unknown = set(variants) - set(VARIANTS)
     if unknown:
-        raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+        raise InputError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     if dev.type != "cpu" and set(variants) & set(CPU_ONLY):
-        raise ValueError(f"variants {', '.join(v for v in CPU_ONLY if v in variants)} run on the CPU only; "
+        raise InputError(f"variants {', '.join(v for v in CPU_ONLY if v in variants)} run on the CPU only; "
                          f"leave them out on {device}")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: CUDA is not available on this machine")
+        raise InputError(f"device {device!r}: CUDA is not available on this machine")
     x1, xb = torch.randn(1, 3, size, size, device=dev), torch.randn(batch, 3, size, size, device=dev)
 
     ours = create_model(model).eval()
@@ -124,6 +177,8 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
     ours = ours.to(dev)
 
     rows: list[BenchRow] = []
+    report = BenchReport(model, size, batch, iters, torch.get_num_threads(), torch.__version__,
+                         torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", cpu_name(), rows)
 
     def measure(variant: str, build: Callable[[], tuple[Callable, str]],
                 convert: Callable[[Tensor], object] = lambda t: t) -> None:
@@ -178,21 +233,30 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
         note = f"onnxruntime {ort.__version__} CPU EP, fp32, all graph optimisations"
         return (lambda arr: session.run(None, {"input": arr})), note
 
-    measure("torchvision", lambda: (reference, baseline_note))
-    measure("eager", lambda: (ours, "resnets, NCHW"))
-    measure("channels_last", lambda: (to_channels_last(copy.deepcopy(ours)), "NHWC weights and input"),
-            channels_last)
-    measure("folded_compiled", lambda: (compile_for_inference(to_channels_last(fold_bn(ours))),
-                                        "BN folded, channels-last, inductor with freezing"), channels_last)
-    measure("bf16", lambda: (bf16_model(), "BN folded, bf16 weights and input, channels-last"), to_bf16)
-    measure("bf16_compiled", lambda: (compile_for_inference(bf16_model()), "bf16, BN folded, channels-last, inductor "
-                                      "with freezing"), to_bf16)
-    measure("int8", build_int8)
-    measure("onnxruntime", build_ort, lambda t: t.numpy())
+    try:
+        measure("torchvision", lambda: (reference, baseline_note))
+        measure("eager", lambda: (ours, "resnets, NCHW"))
+        measure("channels_last", lambda: (to_channels_last(copy.deepcopy(ours)), "NHWC weights and input"),
+                channels_last)
+        measure("folded_compiled", lambda: (compile_for_inference(to_channels_last(fold_bn(ours))),
+                                            "BN folded, channels-last, inductor with freezing"), channels_last)
+        measure("bf16", lambda: (bf16_model(), "BN folded, bf16 weights and input, channels-last"), to_bf16)
+        measure("bf16_compiled", lambda: (compile_for_inference(bf16_model()), "bf16, BN folded, channels-last, "
+                                          "inductor with freezing"), to_bf16)
+        measure("int8", build_int8)
+        measure("onnxruntime", build_ort, lambda t: t.numpy())
+    except KeyboardInterrupt:
+        report.interrupted = True
+        log("interrupted: reporting the variants finished so far")
+    finally:
+        # torch.compile's compile workers are processes that would keep the interpreter from exiting
+        # after Ctrl-C (issue 18: `bench infer` ignored it).
+        if "torch._inductor.async_compile" in sys.modules:
+            sys.modules["torch._inductor.async_compile"].shutdown_compile_workers()
 
     base = next((r for r in rows if r.variant == "torchvision"), rows[0] if rows else None)
     for row in rows:
         row.latency_speedup = base.latency_ms / row.latency_ms
         row.throughput_ratio = row.throughput / base.throughput
-    return rows
+    return report
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import TensorImageDataset, build_transforms, load_image, open_dataset, split_train_val
+from ..errors import InputError
 from ..train.config import DataConfig
 
 DEFAULT_VAL_SIZE = DataConfig.val_size  # the training engine's defaults
@@ -72,7 +73,16 @@ def data_dir(given: str | Path | None = None, meta: Mapping[str, Any] | None = N
     if os.environ.get("RESNETS_DATA"):
         return Path(os.environ["RESNETS_DATA"])
     recipe = _recipe_data(meta)
-    if "path" not in recipe:
+    from ..data.describe import SAMPLE_NAME
+
+    trained_on = recipe.get("dataset")
+    if isinstance(trained_on, dict):  # weights describe their data, not where it was (issue 18)
+        if trained_on.get("name") != SAMPLE_NAME:
+            return None  # the caller asks for --data
+        from ..train.engine import sample_data_dir
+
+        return sample_data_dir()
+    if "path" not in recipe:  # weights written before issue 18 recorded the training folder's path
         return None
     if not recipe["path"]:
         from ..train.engine import sample_data_dir
@@ -110,11 +120,17 @@ def open_split(root: str | Path, meta: Mapping[str, Any] | None = None, val_size
     """The engine's split of the dataset at ``root`` (settings as :func:`split_settings` picks them)."""
     root = Path(root)
     val_size, seed, origin, notes = split_settings(meta, val_size, seed)
-    train, val = split_train_val(open_dataset(root), val_size=val_size, seed=seed)
-    trained_on = _recipe_data(meta).get("path")
-    if trained_on and Path(trained_on).expanduser().resolve() != root.expanduser().resolve():
-        notes.append(f"the weights were trained on {trained_on}; the held-out images match training's only "
-                     f"for the same dataset, not {root}")
+    dataset = open_dataset(root)
+    train, val = split_train_val(dataset, val_size=val_size, seed=seed)
+    trained_on = _recipe_data(meta).get("dataset")
+    if isinstance(trained_on, dict) and trained_on.get("fingerprint"):
+        from ..data.describe import fingerprint
+
+        # The same images anywhere give the same fingerprint; only other images are worth a word.
+        if fingerprint(dataset) != trained_on["fingerprint"]:
+            notes.append(f"the weights were trained on {trained_on.get('name')} ({trained_on.get('images')} images, "
+                         f"fingerprint {trained_on['fingerprint'][:19]}), not on the images in {root}: the "
+                         f"held-out part is training's only for the same dataset")
     return DeploySplit(root, train, val, val_size, seed, origin, notes)
 
 
@@ -166,7 +182,7 @@ def load_files(paths: Sequence[str | Path], size: Sequence[int]) -> Tensor:
         img = load_image(path)
         arrays.append(np.asarray(img if img.size == (w, h) else img.resize((w, h), Image.BICUBIC)))
     if not arrays:
-        raise ValueError("no images to load")
+        raise InputError("no images to load")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
+
 FORMATS = ("onnx", "torchscript", "pt2")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 # torch.export needs a finite range; 1 is allowed because Dim(min=2) specialises batch-1 calls away.
@@ -89,7 +91,7 @@ def export_pt2(model: nn.Module, example: Tensor, path: str | Path, *, dynamic_b
 
 def export(model: nn.Module, example: Tensor, path: str | Path, fmt: str, *, dynamic_batch: bool = True) -> Path:
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+        raise InputError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     if fmt == "onnx":
         return export_onnx(model, example, path, dynamic_batch=dynamic_batch)
     if fmt == "torchscript":
@@ -117,7 +119,7 @@ def load_exported(path: str | Path, fmt: str):
     elif fmt == "pt2":
         module = torch.export.load(str(path)).module()
     else:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+        raise InputError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
 
     def run_torch(x: Tensor) -> Tensor:
         with torch.no_grad():

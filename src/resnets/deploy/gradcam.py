@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from ..errors import InputError
+
 
 def default_target_layer(model: nn.Module) -> str:
     """The last stage: ``feature_info[-1]`` for the zoo's models, ``layer4`` for torchvision's."""
@@ -25,7 +27,7 @@ def default_target_layer(model: nn.Module) -> str:
     for name in ("layer4", "layer3"):
         if isinstance(getattr(model, name, None), nn.Module):
             return name
-    raise ValueError("cannot tell the model's last stage; name the target layer")
+    raise InputError("cannot tell the model's last stage; name the target layer")
 
 
 def grad_cam(model: nn.Module, images: Tensor, target: Tensor | int | None = None,

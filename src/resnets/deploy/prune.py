@@ -17,7 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from ..blocks import _Block
+from ..errors import InputError
 from ..layers import PadShortcut, SqueezeExcite
+from ..progress import LoopProgress
 
 
 def _block_output_convs(block: nn.Module) -> list[nn.Module]:
@@ -55,7 +57,7 @@ def prune_structured(model: nn.Module, ratio: float, example: Tensor, *, inplace
     import torch_pruning as tp
 
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"pruning ratio must be in [0, 1); got {ratio}")
+        raise InputError(f"pruning ratio must be in [0, 1); got {ratio}")
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
@@ -81,7 +83,7 @@ def prune_unstructured(model: nn.Module, amount: float, *, inplace: bool = False
     from torch.nn.utils import prune
 
     if not 0.0 <= amount < 1.0:
-        raise ValueError(f"pruning amount must be in [0, 1); got {amount}")
+        raise InputError(f"pruning amount must be in [0, 1); got {amount}")
     if not inplace:
         model = copy.deepcopy(model)
     targets = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -110,6 +112,7 @@ def fine_tune(model: nn.Module, images: Tensor, labels: Tensor, *, epochs: int =
     steps = max(1, epochs * -(-len(images) // batch_size))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15)
     model.train()
+    progress = LoopProgress("fine-tune", steps, unit="steps")
     for epoch in range(epochs):
         order = torch.randperm(len(images))
         total, count = 0.0, 0
@@ -129,8 +132,10 @@ def fine_tune(model: nn.Module, images: Tensor, labels: Tensor, *, epochs: int =
                 weight.data.mul_(mask)
             total += loss.item() * len(idx)
             count += len(idx)
+            progress.advance(1, epoch=epoch + 1, loss=round(total / count, 4))
         if log:
             log(f"fine-tune epoch {epoch + 1}/{epochs}: loss {total / count:.3f}")
+    progress.close()
     return model.eval()
 
 

@@ -19,6 +19,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
+from ..progress import LoopProgress
+
 BACKEND = "x86"
 
 
@@ -45,9 +48,10 @@ def quantize_static(model: nn.Module, calibration: Tensor, batch_size: int = 64)
     with _quiet():
         float_model = copy.deepcopy(model).eval()
         prepared = prepare_fx(float_model, get_default_qconfig_mapping(BACKEND), example_inputs=(calibration[:1],))
-        with torch.no_grad():
+        with torch.no_grad(), LoopProgress("int8 calibration", len(calibration), unit="images") as progress:
             for x in batches(calibration, batch_size):
                 prepared(x)
+                progress.advance(len(x))
         return convert_fx(prepared)
 
 
@@ -70,6 +74,7 @@ def quantize_aware_train(
         optimizer = torch.optim.SGD(qat.parameters(), lr=lr, momentum=0.9)
         steps = epochs * -(-len(images) // batch_size)
         step = 0
+        progress = LoopProgress("QAT", steps, unit="steps")
         for epoch in range(epochs):
             order = torch.randperm(len(images))
             for start in range(0, len(images), batch_size):
@@ -81,8 +86,10 @@ def quantize_aware_train(
                 loss.backward()
                 optimizer.step()
                 step += 1
+                progress.advance(1, epoch=epoch + 1, loss=round(loss.item(), 4))
             if log:
                 log(f"QAT epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}")
+        progress.close()
         return convert_fx(qat.eval())
 
 
@@ -97,14 +104,15 @@ def predict(model: nn.Module, images: Tensor, batch_size: int = 128) -> Tensor:
     so a broken model would score chance accuracy instead of failing; issue 15)."""
     model.eval()
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), LoopProgress("predict", len(images), unit="images") as progress:
         for x in batches(images, batch_size):
             logits = model(x)
             if not bool(torch.isfinite(logits).all()):
                 bad = int((~torch.isfinite(logits).all(1)).sum())
-                raise ValueError(f"{type(model).__name__} produced NaN/inf logits for {bad} of {len(x)} images "
+                raise InputError(f"{type(model).__name__} produced NaN/inf logits for {bad} of {len(x)} images "
                                  f"(images {len(out) * batch_size}..{len(out) * batch_size + len(x) - 1})")
             out.append(logits.argmax(1))
+            progress.advance(len(x))
     return torch.cat(out)
 
 

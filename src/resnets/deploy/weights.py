@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import InputError
 from ..registry import create_model, model_entry
 from ..registry import load_model as load_weights_model
 from ..transfer.weights import WeightsError
@@ -44,7 +45,7 @@ def load_model(name: str | None, weights: str | Path | None = None, num_classes:
     """
     if weights is None:
         if name is None:
-            raise ValueError("no --model given and no --weights whose metadata would name one")
+            raise InputError("no --model given and no --weights whose metadata would name one")
         model, meta = create_model(name, num_classes=num_classes), {}
     else:
         model = load_weights_model(str(weights), name)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .conv_bn_act import conv1x1
 
 
@@ -26,7 +27,7 @@ class PadShortcut(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
         if out_channels < in_channels:
-            raise ValueError(
+            raise InputError(
                 f"option A shortcut cannot reduce channels ({in_channels} -> {out_channels}); "
                 "use shortcut='B' or 'C' (a 1x1 projection)"
             )
@@ -110,7 +111,7 @@ def _lookup(kind: str) -> ShortcutBuilder:
     for key in (kind, kind.upper(), kind.lower()):
         if key in SHORTCUTS:
             return SHORTCUTS[key]
-    raise ValueError(f"shortcut must be one of {', '.join(SHORTCUTS)}; got {kind!r}")
+    raise InputError(f"shortcut must be one of {', '.join(SHORTCUTS)}; got {kind!r}")
 
 
 def make_shortcut(

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from torch import nn
 
+from ..errors import InputError
 from .conv_bn_act import conv3x3
 
 
@@ -69,5 +70,5 @@ STEMS: dict[str, StemBuilder] = {
 def make_stem(kind: str, in_chans: int, width: int) -> StemParts:
     """The stem named ``kind`` in :data:`STEMS`."""
     if kind not in STEMS:
-        raise ValueError(f"stem must be one of {', '.join(STEMS)}; got {kind!r}")
+        raise InputError(f"stem must be one of {', '.join(STEMS)}; got {kind!r}")
     return STEMS[kind](in_chans, width)

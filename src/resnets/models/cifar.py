@@ -11,6 +11,7 @@ reproduction, checked by ``tests/test_models.py``:
 from __future__ import annotations
 
 from ..blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
+from ..errors import InputError
 from ..registry import register_model
 from ._builder import pin
 from .resnet import ResNet
@@ -26,7 +27,7 @@ def _depth_to_blocks(depth: int, layers_per_block: int, rule: str, what: str) ->
     below = max(step + 2, (depth - 2) // step * step + 2)
     above = below + step if below < depth else below
     nearest = sorted({below, above})
-    raise ValueError(
+    raise InputError(
         f"{what} depth must be {rule} for integer n >= 1 (e.g. {step + 2}, {2 * step + 2}, "
         f"{3 * step + 2}); got {depth}. Nearest valid depths: {' and '.join(map(str, nearest))}."
     )
@@ -158,7 +159,7 @@ def wide_resnet_cifar(depth: int, widen_factor: int, **kwargs) -> ResNet:
     """WRN-depth-k: pre-activation basic blocks, widths 16k/32k/64k, depth = 6n+4
     (the +2 over 6n+2 counts the projection shortcuts, as the WRN paper does)."""
     if depth < 10 or (depth - 4) % 6:
-        raise ValueError(f"a Wide ResNet's depth must be 6n+4 (e.g. 16, 28, 40); got {depth}")
+        raise InputError(f"a Wide ResNet's depth must be 6n+4 (e.g. 16, 28, 40); got {depth}")
     n = (depth - 4) // 6
     kwargs.setdefault("shortcut", "B")
     kwargs.setdefault("num_classes", 10)

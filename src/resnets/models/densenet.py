@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..layers import conv1x1, conv3x3, make_stem
 from ..registry import register_model
 
@@ -123,11 +124,11 @@ class DenseNet(nn.Module):
     ) -> None:
         super().__init__()
         if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"a DenseNet's stem must be 'imagenet' or 'cifar'; got {stem!r}")
+            raise InputError(f"a DenseNet's stem must be 'imagenet' or 'cifar'; got {stem!r}")
         if not 0 < compression <= 1:
-            raise ValueError(f"compression must be in (0, 1]; got {compression}")
+            raise InputError(f"compression must be in (0, 1]; got {compression}")
         if not block_config or any(n < 1 for n in block_config):
-            raise ValueError(f"every dense block needs at least one layer; got block_config={list(block_config)}")
+            raise InputError(f"every dense block needs at least one layer; got block_config={list(block_config)}")
         self.num_classes = num_classes
         self.drop_rate = drop_rate
 
@@ -214,7 +215,7 @@ def cifar_densenet(depth: int = 100, growth_rate: int = 12, **kwargs) -> DenseNe
     plus the stem conv, two transitions and the classifier), stem conv of 2k channels."""
     if depth < 10 or (depth - 4) % 6:
         below = max(10, (depth - 4) // 6 * 6 + 4)
-        raise ValueError(
+        raise InputError(
             f"a CIFAR DenseNet-BC's depth must be 6n+4 for integer n >= 1 (e.g. 40, 100, 190, 250); got {depth}. "
             f"Nearest valid depths: {below} and {below + 6 if below < depth else below}."
         )
@@ -233,7 +234,7 @@ def _pin_architecture(kwargs: dict[str, Any]) -> dict[str, Any]:
     # The named models fix their shape; growth_rate and the rest are chosen by the model's name.
     for key in ("growth_rate", "block_config", "num_init_features", "stem"):
         if key in kwargs:
-            raise ValueError(f"this model fixes {key}; use cifar_densenet/imagenet_densenet for another")
+            raise InputError(f"this model fixes {key}; use cifar_densenet/imagenet_densenet for another")
     return kwargs
 
 

@@ -12,6 +12,7 @@ Parameters (1000 classes), checked by ``tests/test_models.py`` against torchvisi
 from __future__ import annotations
 
 from ..blocks import BasicBlock, Bottleneck, PreActBottleneck
+from ..errors import InputError
 from ..registry import register_model
 from ._builder import pin
 from .resnet import ResNet
@@ -23,10 +24,10 @@ STAGE_BLOCKS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4
 def imagenet_resnet(depth: int, *, preact: bool = False, **kwargs) -> ResNet:
     """An ImageNet ResNet of depth 18, 34, 50, 101 or 152 (basic blocks below 50)."""
     if depth not in STAGE_BLOCKS:
-        raise ValueError(f"ImageNet ResNet depth must be one of {sorted(STAGE_BLOCKS)}; got {depth}")
+        raise InputError(f"ImageNet ResNet depth must be one of {sorted(STAGE_BLOCKS)}; got {depth}")
     if depth < 50:
         if preact:
-            raise ValueError("pre-activation ImageNet ResNets are defined for depth >= 50")
+            raise InputError("pre-activation ImageNet ResNets are defined for depth >= 50")
         block = BasicBlock
     else:
         block = PreActBottleneck if preact else Bottleneck

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..errors import InputError
 from .cifar import cifar_resnet
 from .resnet import ResNet
 
@@ -15,16 +16,16 @@ from .resnet import ResNet
 def _in_chans(input_shape: Sequence[int]) -> int:
     """Channels of a (H, W, C) Keras shape or a (C, H, W) PyTorch shape."""
     if len(input_shape) != 3:
-        raise ValueError(f"input_shape must have 3 entries, (H, W, C) or (C, H, W); got {tuple(input_shape)}")
+        raise InputError(f"input_shape must have 3 entries, (H, W, C) or (C, H, W); got {tuple(input_shape)}")
     first, _, last = input_shape
     if last <= 4 and first > 4:
         channels, size = last, input_shape[:2]
     elif first <= 4:
         channels, size = first, input_shape[1:]
     else:
-        raise ValueError(f"cannot tell the channel axis of input_shape {tuple(input_shape)}")
+        raise InputError(f"cannot tell the channel axis of input_shape {tuple(input_shape)}")
     if min(size) < 8:
-        raise ValueError(f"a CIFAR ResNet halves the input twice and needs at least 8x8 pixels; got {tuple(size)}")
+        raise InputError(f"a CIFAR ResNet halves the input twice and needs at least 8x8 pixels; got {tuple(size)}")
     return channels
 
 

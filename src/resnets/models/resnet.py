@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..blocks import BLOCKS, _Block
+from ..errors import InputError
 from ..layers import make_stem
 
 # The block signature every block class shares (resnets.blocks); ResNet passes these itself.
@@ -73,21 +74,21 @@ class ResNet(nn.Module):
         super().__init__()
         if isinstance(block, str):
             if block not in BLOCKS:
-                raise ValueError(f"unknown block {block!r}; choose one of {', '.join(BLOCKS)}")
+                raise InputError(f"unknown block {block!r}; choose one of {', '.join(BLOCKS)}")
             block = BLOCKS[block]
         if len(layers) != len(widths):
-            raise ValueError(f"layers {list(layers)} and widths {list(widths)} must have the same length")
+            raise InputError(f"layers {list(layers)} and widths {list(widths)} must have the same length")
         if len(layers) not in (3, 4):
-            raise ValueError(f"a ResNet has 3 (CIFAR) or 4 (ImageNet) stages; got layers={list(layers)}")
+            raise InputError(f"a ResNet has 3 (CIFAR) or 4 (ImageNet) stages; got layers={list(layers)}")
         if any(n < 1 for n in layers):
-            raise ValueError(f"every stage needs at least one block; got layers={list(layers)}")
+            raise InputError(f"every stage needs at least one block; got layers={list(layers)}")
         self.preact = block.preact
         self.num_classes = num_classes
         self.drop_rate = drop_rate
 
         block_args = dict(block_args or {})
         if clash := sorted(set(block_args) & set(_SHARED_BLOCK_ARGS)):
-            raise ValueError(f"block_args {clash} are ResNet arguments; pass them directly, not in block_args")
+            raise InputError(f"block_args {clash} are ResNet arguments; pass them directly, not in block_args")
 
         # Stem. A v2 stem ends with its conv: the first block's pre-activation normalises its output.
         parts = make_stem(stem, in_chans, stem_width)

@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from ..errors import InputError
 from .batcher import Batcher, Closed, QueueFull
 from .errors import ApiError, ErrorBody, error_response, install, overloaded, timed_out
 from .inputs import ByteBudget, Stopped, decode_all, uploads
@@ -175,9 +176,9 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
                         ("max_inflight_bytes", max_inflight_bytes)):
         if value <= 0:
             option = "--" + name.removesuffix("_s").replace("_", "-")
-            raise ValueError(f"{name} ({option}) must be positive; got {value}")
+            raise InputError(f"{name} ({option}) must be positive; got {value}")
     if max_wait_ms < 0:
-        raise ValueError(f"max_wait_ms (--max-wait-ms) must be 0 or more; got {max_wait_ms}")
+        raise InputError(f"max_wait_ms (--max-wait-ms) must be 0 or more; got {max_wait_ms}")
     service = ModelService(weights, model, device)
     settings = {"max_batch": max_batch, "max_wait_ms": float(max_wait_ms), "queue_size": queue_size}
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
+
 
 class QueueFull(Exception):
     """The queue holds ``queue_size`` images already; try again later."""
@@ -47,7 +49,7 @@ class Batcher:
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *, max_batch: int = 32,
                  max_wait_ms: float = 5.0, queue_size: int = 256, batching: bool = True, history: int = 4096):
         if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
-            raise ValueError(f"need max_batch >= 1, queue_size >= 1, max_wait_ms >= 0; got {max_batch}, "
+            raise InputError(f"need max_batch >= 1, queue_size >= 1, max_wait_ms >= 0; got {max_batch}, "
                              f"{queue_size}, {max_wait_ms}")
         self.fn, self.max_batch, self.queue_size, self.batching = fn, max_batch, queue_size, batching
         self.max_wait_s = max_wait_ms / 1000

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..registry import model_entry
 from ..train import Config, StepInfo, train
 from ..train.checkpoint import atomic_write
@@ -175,10 +176,10 @@ def _finished_run(run_dir: Path, schedule: dict) -> dict | None:
         record = json.loads(record_path.read_text())
         if record.get("schedule") == schedule:
             return record
-        raise ValueError(f"{run_dir} holds a run of another schedule ({record.get('schedule')}); "
+        raise InputError(f"{run_dir} holds a run of another schedule ({record.get('schedule')}); "
                          "choose another --out or remove that folder")
     if run_dir.exists():
-        raise ValueError(f"{run_dir} holds an unfinished run (no {STUDY_RECORD}); remove that folder "
+        raise InputError(f"{run_dir} holds an unfinished run (no {STUDY_RECORD}); remove that folder "
                          "to train the model again, or choose another --out")
     return None
 

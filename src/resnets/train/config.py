@@ -15,6 +15,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from ..errors import InputError, UnknownNameError
+
 
 @dataclass
 class ModelConfig:
@@ -139,14 +141,14 @@ def _keys(cls) -> list[str]:
     return out
 
 
-def _unknown_key(key: str) -> KeyError:
+def _unknown_key(key: str) -> UnknownNameError:
     valid = _keys(Config) + [f.name for f in dataclasses.fields(Config)]
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     if not close:  # a known leaf under the wrong (or no) section: `lr` -> `optim.lr`
         leaves = {k.rsplit(".", 1)[-1]: k for k in valid}
         close = [leaves[m] for m in difflib.get_close_matches(key.rsplit(".", 1)[-1], leaves, n=1, cutoff=0.6)]
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return KeyError(f"unknown config key {key!r}{hint}")
+    return UnknownNameError(f"unknown config key {key!r}{hint}")
 
 
 def _yaml(text: str, where: str) -> Any:
@@ -155,10 +157,10 @@ def _yaml(text: str, where: str) -> Any:
         return yaml.safe_load(text)
     except yaml.constructor.ConstructorError as exc:
         tag = f" ({exc.problem})" if exc.problem else ""
-        raise ValueError(f"{where}: YAML tags that build Python objects are refused{tag}; a config holds "
+        raise InputError(f"{where}: YAML tags that build Python objects are refused{tag}; a config holds "
                          "only numbers, strings, booleans, lists and mappings") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"{where}: not valid YAML ({exc})") from None
+        raise InputError(f"{where}: not valid YAML ({exc})") from None
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -168,7 +170,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if value is None:
         if "None" in text:
             return None
-        raise ValueError(f"config key {key!r} cannot be null")
+        raise InputError(f"config key {key!r} cannot be null")
     try:
         if hint is bool:
             if isinstance(value, str):
@@ -199,7 +201,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 raise ValueError
             return dict(value)
     except (TypeError, ValueError):
-        raise ValueError(f"config key {key!r}: expected {text}, got {value!r}") from None
+        raise InputError(f"config key {key!r}: expected {text}, got {value!r}") from None
     return value
 
 
@@ -212,7 +214,7 @@ def _fill(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
-                raise ValueError(f"config key {dotted!r} is a section; expected a mapping, got {value!r}")
+                raise InputError(f"config key {dotted!r} is a section; expected a mapping, got {value!r}")
             _fill(getattr(obj, key), value, dotted + ".")
         else:
             setattr(obj, key, _coerce(value, hint, dotted))
@@ -221,7 +223,7 @@ def _fill(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
 def set_key(config: Config, assignment: str) -> None:
     """Apply one ``section.key=value`` override (value parsed as YAML: 0.1, true, [1, 2], {a: 1})."""
     if "=" not in assignment:
-        raise ValueError(f"--set expects key=value, got {assignment!r}")
+        raise InputError(f"--set expects key=value, got {assignment!r}")
     key, raw = assignment.split("=", 1)
     key = key.strip()
     value = _yaml(raw, f"--set {key}") if raw.strip() else ""
@@ -246,17 +248,17 @@ def validate(config: Config) -> None:
         if value not in allowed:
             close = difflib.get_close_matches(str(value), allowed, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}{hint}")
+            raise InputError(f"{key} must be one of {', '.join(allowed)}; got {value!r}{hint}")
     _check_ranges(config)
     if t.epochs <= 0 and t.steps <= 0:
-        raise ValueError("set train.epochs or train.steps to a positive number")
+        raise InputError("set train.epochs or train.steps to a positive number")
     if s.factors and len(s.factors) != len(s.milestones):
-        raise ValueError(f"schedule.factors ({len(s.factors)}) needs one value per milestone ({len(s.milestones)})")
+        raise InputError(f"schedule.factors ({len(s.factors)}) needs one value per milestone ({len(s.milestones)})")
     f = config.finetune
     if (f.freeze or f.linear_probe or f.lr_mult or f.unfreeze_every) and not f.weights:
-        raise ValueError("finetune.freeze/linear_probe/lr_mult/unfreeze_every need finetune.weights")
+        raise InputError("finetune.freeze/linear_probe/lr_mult/unfreeze_every need finetune.weights")
     if list(s.milestones) != sorted(s.milestones):
-        raise ValueError(f"schedule.milestones must be increasing; got {s.milestones}")
+        raise InputError(f"schedule.milestones must be increasing; got {s.milestones}")
     check_device(t.device, "train.device")
 
 
@@ -304,23 +306,23 @@ def _check_ranges(config: Config) -> None:
     for key, lo, hi, lo_ok, hi_ok in _RANGES:
         value = get(key)
         if not _in_range(value, lo, hi, lo_ok, hi_ok):
-            raise ValueError(f"{key} must be {_describe(lo, hi, lo_ok, hi_ok)}; got {value}")
+            raise InputError(f"{key} must be {_describe(lo, hi, lo_ok, hi_ok)}; got {value}")
     for i, beta in enumerate(config.optim.betas):
         if not _in_range(beta, 0, 1, True, False):
-            raise ValueError(f"optim.betas[{i}] must be in [0, 1); got {beta}")
+            raise InputError(f"optim.betas[{i}] must be in [0, 1); got {beta}")
     if len(config.optim.betas) != 2:
-        raise ValueError(f"optim.betas takes two values; got {list(config.optim.betas)}")
+        raise InputError(f"optim.betas takes two values; got {list(config.optim.betas)}")
     for i, factor in enumerate(config.schedule.factors):
         if not _in_range(factor, 0, None, False, True):
-            raise ValueError(f"schedule.factors[{i}] must be > 0; got {factor}")
+            raise InputError(f"schedule.factors[{i}] must be > 0; got {factor}")
     for i, milestone in enumerate(config.schedule.milestones):
         if milestone < 0:
-            raise ValueError(f"schedule.milestones[{i}] must be >= 0; got {milestone}")
+            raise InputError(f"schedule.milestones[{i}] must be >= 0; got {milestone}")
     for stage, mult in config.finetune.lr_mult.items():
         if not isinstance(mult, int | float) or not _in_range(float(mult), 0, None, True, True):
-            raise ValueError(f"finetune.lr_mult.{stage} must be a number >= 0; got {mult!r}")
+            raise InputError(f"finetune.lr_mult.{stage} must be a number >= 0; got {mult!r}")
     if not config.out_dir:
-        raise ValueError("out_dir must not be empty")
+        raise InputError("out_dir must not be empty")
 
 
 def check_device(name: str, key: str = "train.device") -> None:
@@ -333,20 +335,20 @@ def check_device(name: str, key: str = "train.device") -> None:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise ValueError(f"{key} must be auto, cpu, cuda, cuda:N or mps; got {name!r}") from None
+        raise InputError(f"{key} must be auto, cpu, cuda, cuda:N or mps; got {name!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{key}={name}, but CUDA is not available on this machine (torch "
+            raise InputError(f"{key}={name}, but CUDA is not available on this machine (torch "
                              f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use "
                              f"{key}=cpu or auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"{key}={name}, but this machine has {torch.cuda.device_count()} CUDA device(s) "
+            raise InputError(f"{key}={name}, but this machine has {torch.cuda.device_count()} CUDA device(s) "
                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
     elif device.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ValueError(f"{key}={name}, but MPS (Apple GPU) is not available on this machine; use {key}=cpu or auto")
+            raise InputError(f"{key}={name}, but MPS (Apple GPU) is not available on this machine; use {key}=cpu or auto")
     elif device.type != "cpu":
-        raise ValueError(f"{key} must be auto, cpu, cuda, cuda:N or mps; got {name!r}")
+        raise InputError(f"{key} must be auto, cpu, cuda, cuda:N or mps; got {name!r}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -359,10 +361,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         try:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read config file {path}: {exc}") from None
+            raise InputError(f"cannot read config file {path}: {exc}") from None
         data = _yaml(text, str(path)) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+            raise InputError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
         _fill(config, data)
     for assignment in overrides:
         set_key(config, assignment)

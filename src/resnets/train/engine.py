@@ -368,7 +368,7 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
     is_main = rank == 0
 
     # ---- data ------------------------------------------------------------------------------------
-    from ..data import TensorImageDataset, make_loader, open_dataset, split_train_val
+    from ..data import TensorImageDataset, make_loader, open_dataset, portable_recipe, split_train_val
 
     data_path = cfg.data.path or sample_data_dir()
     dataset = open_dataset(data_path, split="train", download=cfg.data.download,
@@ -445,7 +445,8 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
     eval_model = copy.deepcopy(raw_model) if ema else raw_model
 
     meta = {"model": cfg.model.name, "model_kwargs": cfg.model.kwargs, "classes": list(info.classes),
-            "mean": list(info.mean), "std": list(info.std), "image_size": [3, 32, 32], "recipe": cfg.to_dict()}
+            "mean": list(info.mean), "std": list(info.std), "image_size": [3, 32, 32],
+            "recipe": portable_recipe(cfg.to_dict(), dataset, cfg.data.path, sample_data_dir())}
     if getattr(info, "image_size", None):
         meta["image_size"] = [3, *info.image_size][-3:] if len(info.image_size) == 2 else list(info.image_size)
     higher_better = t.best_metric.endswith(("acc", "top5"))

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
+from ..progress import LoopProgress
 from ..registry import load_model as load_registered
 
 
@@ -70,7 +72,7 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
     from ..data import open_dataset
 
     if tta not in (None, "none", "flip"):
-        raise ValueError(f"--tta must be 'flip' or 'none'; got {tta!r}")
+        raise InputError(f"--tta must be 'flip' or 'none'; got {tta!r}")
     tta = None if tta == "none" else tta
     device = torch.device(device)
     net, meta = load_model(weights, model, device)
@@ -94,16 +96,18 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
     k = len(classes)
     confusion = torch.zeros(k, k, dtype=torch.int64)
     correct5 = 0
-    for x, y in _batches(ds, meta, batch_size, device):
-        y = remap[y.cpu()].to(device)
-        logits = _logits(net, x, tta)
-        # argmax of NaN is an index: a silent "accuracy" (issue 15). -inf is allowed: flip TTA's
-        # log of an averaged probability that underflowed to 0.
-        if bool((logits.isnan() | logits.isposinf()).any()):
-            raise ValueError(f"{weights}: the model produced NaN/inf logits on {data}; its accuracy is undefined")
-        pred = logits.argmax(1)
-        confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
-        correct5 += int((logits.topk(min(5, k), 1).indices == y[:, None]).any(1).sum())
+    with LoopProgress(f"eval {Path(data).name}", len(ds), unit="images") as progress:
+        for x, y in _batches(ds, meta, batch_size, device):
+            y = remap[y.cpu()].to(device)
+            logits = _logits(net, x, tta)
+            # argmax of NaN is an index: a silent "accuracy" (issue 15). -inf is allowed: flip TTA's
+            # log of an averaged probability that underflowed to 0.
+            if bool((logits.isnan() | logits.isposinf()).any()):
+                raise InputError(f"{weights}: the model produced NaN/inf logits on {data}; its accuracy is undefined")
+            pred = logits.argmax(1)
+            confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
+            correct5 += int((logits.topk(min(5, k), 1).indices == y[:, None]).any(1).sum())
+            progress.advance(len(y), top1=round(float(confusion.diag().sum()) / float(confusion.sum()), 4))
     n = int(confusion.sum())
     per_class_n = confusion.sum(1)
     result = {
@@ -126,16 +130,16 @@ def check_classes(net: nn.Module, meta: dict, data_classes: list[str], weights, 
     held = getattr(net, "num_classes", None)
     named = list(meta.get("classes") or [])
     if named and held is not None and len(named) != held:
-        raise ValueError(f"{weights}: its metadata names {len(named)} classes but the network has {held} outputs")
+        raise InputError(f"{weights}: its metadata names {len(named)} classes but the network has {held} outputs")
     if not named:
         if held is not None and held != len(data_classes):
-            raise ValueError(f"{weights} has a {held}-class classifier and no class names; {data} has "
+            raise InputError(f"{weights} has a {held}-class classifier and no class names; {data} has "
                              f"{len(data_classes)} classes ({', '.join(data_classes[:5])}"
                              f"{', ...' if len(data_classes) > 5 else ''}): they cannot be matched")
         return list(data_classes)
     unknown = [c for c in data_classes if c not in named]
     if unknown:
-        raise ValueError(f"{data} has {len(unknown)} class(es) that {weights} does not know: "
+        raise InputError(f"{data} has {len(unknown)} class(es) that {weights} does not know: "
                          f"{', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''} (it knows "
                          f"{', '.join(named[:10])}{', ...' if len(named) > 10 else ''})")
     return named
@@ -180,7 +184,7 @@ def _image_files(inputs: list[str | Path]) -> list[Path]:
         else:
             raise FileNotFoundError(f"no such image or folder: {item}")
     if not files:
-        raise ValueError(f"no image files in {', '.join(map(str, inputs))}")
+        raise InputError(f"no image files in {', '.join(map(str, inputs))}")
     return files
 
 
@@ -257,7 +261,7 @@ def extract_features(weights: str | Path, images: list[str | Path] | str | Path,
         rows.append(net.forward_head(net.forward_features(x), pre_logits=True).float().cpu().numpy())
         paths += [str(p) for p in chunk]
     if not rows:
-        raise ValueError(f"no readable images in {', '.join(map(str, images))}")
+        raise InputError(f"no readable images in {', '.join(map(str, images))}")
     return np.concatenate(rows), paths
 
 

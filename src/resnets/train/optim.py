@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .config import OptimConfig, ScheduleConfig
 
 
@@ -46,7 +47,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr_mult: dict[str, float
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     if cfg.name == "rmsprop":
         return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum)
-    raise ValueError(f"unknown optimizer {cfg.name!r}")
+    raise InputError(f"unknown optimizer {cfg.name!r}")
 
 
 class Schedule:
@@ -110,7 +111,7 @@ class Schedule:
             p = min(1.0, max(0.0, t - decay_start) / max(1.0, self.total - decay_start))
             lr = lr0 + (c.min_lr - lr0) * p
         else:
-            raise ValueError(f"unknown schedule {c.name!r}")
+            raise InputError(f"unknown schedule {c.name!r}")
         return max(lr * self.plateau_scale, c.plateau_min_lr) if c.plateau_factor else lr
 
     def epoch_end(self, metric: float | None, higher_is_better: bool) -> None:

@@ -1,13 +1,21 @@
 """What a person sees during and after training: a progress bar per epoch, a summary line per epoch,
-``metrics.csv``, TensorBoard event files and PNG plots, all in the run directory (main process only)."""
+``metrics.csv``, TensorBoard event files and PNG plots, all in the run directory (main process only).
+
+On a terminal the progress is a live bar. Anywhere else (a log file, CI, ``nohup``, a cluster job) a
+bar would print nothing until the epoch ends, so a plain line is written every
+``RESNETS_LOG_EVERY`` seconds (default 30) and at every epoch end, never wrapped (issue 18).
+:class:`resnets.progress.LoopProgress` does the same for the other long loops.
+"""
 
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..progress import duration, log_every_s, make_console
 
 COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "seconds",
            "img_per_s"]
@@ -15,9 +23,12 @@ COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_ac
 
 class Reporter:
     def __init__(self, run_dir: Path, *, enabled: bool = True, progress: bool = True, tensorboard: bool = True,
-                 purge_step: int | None = None):
+                 purge_step: int | None = None, log_every: float | None = None):
         self.run_dir, self.enabled, self.show_progress = Path(run_dir), enabled, progress and enabled
-        self.console = Console(highlight=False)
+        self.console = make_console()
+        # A live bar on a terminal; plain lines every `log_every` seconds anywhere else (issue 18).
+        self.live = self.console.is_terminal
+        self.log_every = log_every_s(log_every)
         self.writer = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -32,7 +43,10 @@ class Reporter:
             self.console.print(text)
 
     def start_epoch(self, epoch: int, epochs: int, steps: int, done: int = 0) -> None:
-        if not self.show_progress:
+        self.epoch, self.epochs, self.steps, self.done = epoch, epochs, steps, done
+        self.epoch_start, self.epoch_start_done = time.perf_counter(), done
+        self.last_line = self.epoch_start
+        if not self.show_progress or not self.live:
             return
         self.progress = Progress(
             TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
@@ -46,13 +60,29 @@ class Reporter:
     def step(self, step: int, loss: float, acc: float, lr: float, stats: dict) -> None:
         if not self.enabled:
             return
+        self.done = getattr(self, "done", 0) + 1
         if self.progress is not None:
             ips = stats["n"] / max(stats["seconds"], 1e-9)
             self.progress.update(self.task, advance=1, loss=stats["loss"] / max(stats["n"], 1),
                                  acc=stats["correct"] / max(stats["n"], 1), lr=lr, ips=ips)
+        elif self.show_progress and hasattr(self, "epoch_start"):
+            now = time.perf_counter()
+            if now - self.last_line >= self.log_every and self.done < self.steps:
+                self.last_line = now
+                self.console.print(self.step_line(step, lr, stats, now), markup=False)
         if self.writer is not None and step % 10 == 0:
             self.writer.add_scalar("train/loss_step", loss, step)
             self.writer.add_scalar("train/lr", lr, step)
+
+    def step_line(self, step: int, lr: float, stats: dict, now: float) -> str:
+        """One progress line: where in the run, the epoch's running loss and accuracy, speed, ETA."""
+        n = max(stats["n"], 1)
+        ran = self.done - self.epoch_start_done
+        per_step = (now - self.epoch_start) / ran if ran > 0 else 0.0
+        left = (self.epochs - self.epoch - 1) * self.steps + (self.steps - self.done)
+        return (f"epoch {self.epoch + self.done / max(self.steps, 1):.2f}/{self.epochs}  step {step}  "
+                f"loss {stats['loss'] / n:.4f}  acc {stats['correct'] / n:.4f}  lr {lr:.2e}  "
+                f"{stats['n'] / max(stats['seconds'], 1e-9):.0f} img/s  ETA {duration(left * per_step)}")
 
     def end_epoch(self) -> None:
         if self.progress is not None:

@@ -8,6 +8,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
 
+from ..errors import InputError
 from ..registry import create_model
 from .finetune import freeze_batchnorm
 
@@ -36,9 +37,9 @@ def fpn_backbone(
     model = create_model(name, weights=weights, num_classes=0, **kwargs)
     stages = [f["module"] for f in model.feature_info[1:]]
     if not 0 <= trainable_layers <= len(stages) + 1:
-        raise ValueError(f"trainable_layers must be in 0..{len(stages) + 1}; got {trainable_layers}")
+        raise InputError(f"trainable_layers must be in 0..{len(stages) + 1}; got {trainable_layers}")
     if not returned_layers or any(not 1 <= i <= len(stages) for i in returned_layers):
-        raise ValueError(f"returned_layers must be within 1..{len(stages)}; got {tuple(returned_layers)}")
+        raise InputError(f"returned_layers must be within 1..{len(stages)}; got {tuple(returned_layers)}")
     if frozen_bn if frozen_bn is not None else weights is not None:
         freeze_batchnorm(model)
     order = [s for s in _TRAINABLE_ORDER if s == "conv1" or s in stages]
@@ -68,10 +69,10 @@ def dilated_backbone(name: str, weights: str | None = None, output_stride: int =
     """Encoder for ``torchvision.models.segmentation.DeepLabV3(backbone, DeepLabHead(enc.out_channels,
     n), FCNHead(enc.aux_channels, n))`` (Chen et al. 2017 use output stride 8 or 16)."""
     if output_stride not in (8, 16):
-        raise ValueError(f"output_stride must be 8 or 16; got {output_stride}")
+        raise InputError(f"output_stride must be 8 or 16; got {output_stride}")
     model = create_model(name, weights=weights, num_classes=0, output_stride=output_stride, **kwargs)
     if model.layer4 is None:
-        raise ValueError(f"{name} has three stages; a dilated encoder needs an ImageNet-style four-stage ResNet")
+        raise InputError(f"{name} has three stages; a dilated encoder needs an ImageNet-style four-stage ResNet")
     return_layers = {"layer4": "out"}
     if aux:
         return_layers["layer3"] = "aux"

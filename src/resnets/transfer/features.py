@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from ..errors import InputError
+
 
 class FeatureExtractor(nn.Module):
     """Returns ``[map for i in out_indices]``; index 0 is the stem, 1..N the stages.
@@ -27,7 +29,7 @@ class FeatureExtractor(nn.Module):
             out_indices = tuple(range(1, num))
         out_indices = tuple(i if i >= 0 else num + i for i in out_indices)
         if not out_indices or any(i < 0 or i >= num for i in out_indices):
-            raise ValueError(f"out_indices must lie in 0..{num - 1} for this model; got {out_indices}")
+            raise InputError(f"out_indices must lie in 0..{num - 1} for this model; got {out_indices}")
         units = model.forward_units()
         names = [name for name, _ in units]
         # The unit after which each feature is taken; the last feature comes after the whole path.

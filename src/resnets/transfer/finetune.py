@@ -7,7 +7,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
-from torchvision.ops.misc import FrozenBatchNorm2d
+
+from ..errors import InputError
 
 # Trainable groups of a ResNet, input to output. "conv1" stands for the whole stem.
 STEM = ("conv1", "bn1")
@@ -31,7 +32,7 @@ def _prefixes(model: nn.Module, names: Iterable[str]) -> tuple[str, ...]:
         elif name in valid:
             prefixes.append(f"{name}.")
         else:
-            raise ValueError(f"unknown stage {name!r} to freeze; choose from {', '.join(valid)}")
+            raise InputError(f"unknown stage {name!r} to freeze; choose from {', '.join(valid)}")
     return tuple(prefixes)
 
 
@@ -69,6 +70,9 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every ``BatchNorm2d`` by torchvision's ``FrozenBatchNorm2d`` in place: statistics and
     affine parameters fixed, as detection fine-tuning does with small batches (torchvision's
     detection backbones). Returns the module (a bare BatchNorm2d is returned converted)."""
+    # Here, not at the top: importing torchvision loads its model zoo and torch._dynamo (2-3 s; issue 18).
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
     if isinstance(module, nn.BatchNorm2d):
         frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
         with torch.no_grad():
@@ -102,7 +106,7 @@ class GradualUnfreezer:
 
     def __init__(self, model: nn.Module, every: int = 1, frozen: str | Sequence[str] = ()) -> None:
         if every < 1:
-            raise ValueError(f"gradual unfreezing needs every >= 1 epoch; got {every}")
+            raise InputError(f"gradual unfreezing needs every >= 1 epoch; got {every}")
         self.model = model
         self.every = every
         keep = set(parse_names(frozen))  # stages the user froze for good stay out of the order

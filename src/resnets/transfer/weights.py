@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 
-class WeightsError(ValueError):
+
+class WeightsError(InputError):
     """A weights file that is unreadable, not what it claims to be, or does not fit the model."""
 
 

@@ -1,0 +1,352 @@
+"""The deployment commands as library functions (issue 18, item 5): ``export_model``,
+``quantize_model``, ``prune_model`` (and :func:`resnets.deploy.bench.bench_infer`) each take a zoo
+name and optional weights, do the whole job with its checks, and return a report dataclass that
+prints as the command does and serialises with ``to_dict()`` (what ``--json`` prints).
+
+    from resnets.deploy import quantize_model
+    report = quantize_model("resnet20", "cifar10", data="cifar10-jpeg/train", out="r20_int8.pt")
+    print(report)                  # top-1 before/after, latency, where the images came from
+    report.drop, report.to_dict()
+
+Real images come from the training engine's own train/validation split of ``data``
+(:mod:`resnets.deploy.data`): accuracy is measured on the held-out part, calibration and
+fine-tuning use the train part. Input normalisation is taken from, in order: ``mean``/``std``, the
+weights' metadata, or the statistics of the split's train part (CIFAR's own, never ImageNet's).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from .weights import LoadedModel, load_model
+
+SUFFIX_FORMATS = {".onnx": "onnx", ".pt2": "pt2", ".pt": "torchscript", ".ts": "torchscript"}
+Log = Callable[[str], None]
+
+
+@dataclass
+class DataChoice:
+    """Where the images come from: a dataset folder and the split's settings (None: the defaults)."""
+
+    data: str | Path | None = None
+    val_size: int | None = None
+    split_seed: int | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+def open_model_split(loaded: LoadedModel, choice: DataChoice, log: Log):
+    """The training engine's train/validation split of the data (see :mod:`resnets.deploy.data`)."""
+    from .data import data_dir, open_split
+
+    root = data_dir(choice.data, loaded.metadata)
+    if root is None:
+        raise InputError("no images: pass --data DIR (an image folder <DIR>/<class>/<image> or a CIFAR archive "
+                         "folder) or set RESNETS_DATA")
+    split = open_split(root, loaded.metadata, choice.val_size, choice.split_seed)
+    for note in split.notes:
+        log(f"note: {note}")
+    return split
+
+
+def normalization(loaded: LoadedModel, choice: DataChoice, fallback=None) -> tuple[tuple, tuple, str]:
+    """(mean, std, where from): ``choice.mean/std``, else the weights' metadata, else ``fallback``."""
+    if choice.mean or choice.std:
+        if not (choice.mean and choice.std) or len(choice.mean) != 3 or len(choice.std) != 3:
+            raise InputError("--mean and --std take three values each (R G B, pixels in [0, 1])")
+        return tuple(choice.mean), tuple(choice.std), "--mean/--std"
+    if loaded.mean and loaded.std:
+        return loaded.mean, loaded.std, "the weights' metadata"
+    if fallback is None:
+        raise InputError("no normalisation known: pass --mean/--std or weights with metadata")
+    return fallback
+
+
+def split_normalization(loaded: LoadedModel, choice: DataChoice, split) -> tuple[tuple, tuple, str]:
+    return normalization(loaded, choice, (split.mean, split.std, f"the training part of {split.root}"))
+
+
+def _samples(loaded: LoadedModel, choice: DataChoice, n_train: int, n_val: int, log: Log):
+    """Normalised (train, train labels, val, val labels) tensors, the split, and a line saying where from."""
+    from .data import normalize, take
+
+    split = open_model_split(loaded, choice, log)
+    size = loaded.input_size[1:]
+    mean, std, source = split_normalization(loaded, choice, split)
+    train_u8, train_y = take(split.train, n_train, size, seed=0)
+    val_u8, val_y = take(split.val, n_val, size, seed=1)
+    return (normalize(train_u8, mean, std), train_y, normalize(val_u8, mean, std), val_y, split,
+            f"mean/std from {source}; {split.describe()}")
+
+
+def latency_ms(model, size, iters: int = 10) -> float:
+    """Median wall-clock milliseconds of one forward pass at batch 1 (after one untimed call)."""
+    x = torch.randn(1, *size)
+    times = []
+    with torch.no_grad():
+        model(x)
+        for _ in range(iters):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+class _Report:
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# ---- export -----------------------------------------------------------------------------------
+
+@dataclass
+class ExportReport(_Report):
+    model: str
+    format: str
+    out: str
+    bytes: int
+    dynamic_batch: bool
+    onnxruntime_check: dict[str, Any] | None = None  # max_abs_diff, top1_agreement, images, inputs
+    tolerance: float = 1e-3
+    split: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "passed": self.passed}
+
+    @property
+    def passed(self) -> bool:
+        """No check, or onnxruntime agrees with PyTorch within the tolerance, on >= 99% of top-1, with no
+        NaN/inf logits (:meth:`resnets.deploy.export.Parity.ok`; NaN fails)."""
+        from .export import Parity
+
+        c = self.onnxruntime_check
+        return c is None or Parity(c["max_abs_diff"], c["top1_agreement"], c["images"], c.get("nonfinite", 0)).ok(
+            self.tolerance)
+
+    def __str__(self) -> str:
+        lines = [f"wrote {self.out} ({self.format}, {self.bytes / 1e6:.1f} MB, "
+                 f"{'dynamic' if self.dynamic_batch else 'static'} batch)"]
+        if c := self.onnxruntime_check:
+            lines.append(f"onnxruntime vs PyTorch on {c['inputs']}: max |diff| {c['max_abs_diff']:.3g}, "
+                         f"top-1 agreement {100 * c['top1_agreement']:.2f}%"
+                         + (f", NaN/inf logits on {c['nonfinite']} input(s)" if c.get("nonfinite") else ""))
+            if not self.passed:
+                lines.append(f"WARNING: the ONNX model disagrees with PyTorch (tolerance {self.tolerance})")
+        return "\n".join(lines)
+
+
+def export_model(model: str | None, weights: str | Path | None = None, *, out: str | Path,
+                 format: str | None = None, size: int | None = None, dynamic_batch: bool = True,
+                 check: bool = True, check_images: int = 256, tolerance: float = 1e-3,
+                 data: DataChoice | None = None, num_classes: int | None = None, log: Log = _quiet) -> ExportReport:
+    """Export to ONNX, TorchScript or PT2 (format from ``out``'s suffix unless given); an ONNX file is
+    checked against PyTorch with onnxruntime on real held-out images (random ones without data)."""
+    from .data import data_dir, normalize, take
+    from .export import compare, export, load_exported
+
+    choice = data or DataChoice()
+    loaded = load_model(model, weights, num_classes)
+    fmt = format or SUFFIX_FORMATS.get(Path(out).suffix)
+    if fmt is None:
+        raise InputError(f"cannot tell the format from {str(out)!r}; pass --format onnx|torchscript|pt2")
+    shape = loaded.input_size if not size else (loaded.input_size[0], size, size)
+    path = export(loaded.model, torch.randn(2, *shape), out, fmt, dynamic_batch=dynamic_batch)
+    report = ExportReport(loaded.name, fmt, str(path), path.stat().st_size, dynamic_batch, tolerance=tolerance)
+    if fmt == "onnx" and check:
+        if data_dir(choice.data, loaded.metadata) is not None:
+            split = open_model_split(loaded, choice, report.notes.append)
+            images, _ = take(split.val, check_images, shape[1:], seed=1)
+            mean, std, source = split_normalization(loaded, choice, split)
+            inputs = normalize(images, mean, std)
+            what = f"{len(images)} real validation images from {split.root} (mean/std from {source})"
+            report.split = split.to_dict()
+        else:
+            inputs, what = torch.randn(check_images, *shape), f"{check_images} random inputs (no --data)"
+        if not dynamic_batch:  # the file accepts only the example's batch of 2
+            inputs = inputs[: len(inputs) // 2 * 2]
+        # Batches of 50 on purpose: a shorter last batch exercises the dynamic batch dimension.
+        parity = compare(loaded.model, load_exported(path, "onnx"), inputs, batch_size=50 if dynamic_batch else 2)
+        report.onnxruntime_check = {**parity.to_dict(), "inputs": what}
+    for note in report.notes:
+        log(f"note: {note}")
+    return report
+
+
+# ---- quantize ---------------------------------------------------------------------------------
+
+@dataclass
+class QuantizeReport(_Report):
+    model: str
+    method: str
+    fp32_top1: float  # percent, on `images` held-out images
+    int8_top1: float
+    drop: float  # percentage points, fp32 - int8
+    agreement: float  # fraction of images with the same prediction
+    images: int
+    calibration_images: int
+    seconds: float
+    latency_ms_fp32: float
+    latency_ms_int8: float
+    max_drop: float
+    normalization: str
+    split: dict[str, Any]
+    out: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "exceeded": self.exceeded}
+
+    @property
+    def exceeded(self) -> bool:
+        return self.drop > self.max_drop
+
+    def __str__(self) -> str:
+        lines = [f"int8 ({self.method}) in {self.seconds:.1f} s; {self.normalization}",
+                 f"top-1 on {self.images} validation images: fp32 {self.fp32_top1:.2f}% -> int8 {self.int8_top1:.2f}% "
+                 f"(drop {self.drop:+.2f} points, agreement {100 * self.agreement:.1f}%)",
+                 f"latency at batch 1: fp32 {self.latency_ms_fp32:.2f} ms, int8 {self.latency_ms_int8:.2f} ms"]
+        if self.out:
+            lines.append(f"wrote {self.out} (TorchScript, int8)")
+        if self.exceeded:
+            banner = "!" * 78
+            lines += [banner, f"WARNING: int8 accuracy dropped {self.drop:.2f} points, more than the allowed "
+                              f"{self.max_drop}.", "Try more calibration images (--calibration) or QAT "
+                              "(--qat-epochs 1).", banner]
+        return "\n".join(lines)
+
+
+def quantize_model(model: str | None, weights: str | Path | None = None, *, data: DataChoice | None = None,
+                   calibration: int = 512, val: int = 2000, max_drop: float = 0.5, qat_epochs: int = 0,
+                   qat_images: int = 0, lr: float = 1e-3, out: str | Path | None = None,
+                   num_classes: int | None = None, log: Log = _quiet) -> QuantizeReport:
+    """int8 static quantization (or QAT with ``qat_epochs``) calibrated on the split's training part,
+    top-1 before and after on its held-out part, latency of both; ``out`` saves the int8 TorchScript."""
+    from .quantize import compare_accuracy, quantize_aware_train, quantize_static
+
+    choice = data or DataChoice()
+    loaded = load_model(model, weights, num_classes)
+    train, train_y, val_x, val_y, split, norm = _samples(loaded, choice, max(calibration, qat_images), val, log)
+    log(f"{loaded.name}: {len(train)} calibration / {len(val_x)} validation images, {norm}")
+    calib = train[:calibration]
+    start = time.perf_counter()
+    if qat_epochs:
+        int8 = quantize_aware_train(loaded.model, train, train_y, epochs=qat_epochs, lr=lr, log=log)
+        method = f"QAT, {qat_epochs} epoch(s) on {len(train)} images"
+    else:
+        int8 = quantize_static(loaded.model, calib)
+        method = f"post-training static, calibrated on {len(calib)} images"
+    seconds = time.perf_counter() - start
+    acc = compare_accuracy(loaded.model, int8, val_x, val_y, len(calib))
+    saved = None
+    if out:
+        from .export import export_torchscript
+
+        saved = str(export_torchscript(int8, val_x[:2], out))
+    return QuantizeReport(loaded.name, method, acc.fp32_top1, acc.int8_top1, acc.drop, acc.agreement, acc.images,
+                          acc.calibration_images, seconds, latency_ms(loaded.model, loaded.input_size),
+                          latency_ms(int8, loaded.input_size), max_drop, norm, split.to_dict(), saved)
+
+
+# ---- prune ------------------------------------------------------------------------------------
+
+@dataclass
+class PruneStage:
+    params: int
+    macs: int
+    latency_ms: float
+    top1: float  # percent
+    sparsity: float  # fraction of zero weights in convolutions and linear layers
+
+
+@dataclass
+class PruneReport(_Report):
+    model: str
+    method: str
+    ratio: float
+    fine_tune_epochs: int
+    before: PruneStage
+    pruned: PruneStage
+    after_fine_tune: PruneStage
+    normalization: str
+    split: dict[str, Any]
+    out: str | None = None
+
+    def __str__(self) -> str:
+        lines = []
+        for label, row in (("before", self.before), ("pruned", self.pruned), ("fine-tuned", self.after_fine_tune)):
+            lines.append(f"{label:>10}: {row.params:>10,} params {row.macs / 1e6:>9.2f}M MACs "
+                         f"{row.latency_ms:>7.2f} ms  top-1 {row.top1:.2f}%  sparsity {100 * row.sparsity:.1f}%")
+        if self.out:
+            lines.append(f"wrote {self.out}")
+        return "\n".join(lines)
+
+
+def prune_model(model: str | None, weights: str | Path | None = None, *, method: str = "structured",
+                ratio: float = 0.3, epochs: int = 1, train_images: int = 5000, val: int = 2000, lr: float = 0.01,
+                out: str | Path | None = None, data: DataChoice | None = None, num_classes: int | None = None,
+                log: Log = _quiet) -> PruneReport:
+    """Structured (channels, dependency-aware) or unstructured (weights) pruning, a short fine-tune on
+    the split's training part, parameters/MACs/latency/top-1 at each stage; ``out`` saves the result
+    (.safetensors for unstructured, .pt2/.onnx/.pt for either)."""
+    from ..profile import profile
+    from .prune import fine_tune, prune_structured, prune_unstructured, sparsity
+    from .quantize import accuracy
+
+    if method not in ("structured", "unstructured"):
+        raise InputError(f"pruning method must be 'structured' or 'unstructured'; got {method!r}")
+    out_path = Path(out) if out else None
+    if out_path is not None:  # refuse a file we could not write before minutes of work
+        if out_path.suffix == ".safetensors" and method == "structured":
+            raise InputError("structured pruning changes layer shapes: save as .pt2, .onnx or .pt")
+        if out_path.suffix != ".safetensors" and out_path.suffix not in SUFFIX_FORMATS:
+            raise InputError(f"--out must end in .safetensors, .pt2, .onnx or .pt; got {out_path.name}")
+    choice = data or DataChoice()
+    loaded = load_model(model, weights, num_classes)
+    train, train_y, val_x, val_y, split, norm = _samples(loaded, choice, train_images, val, log)
+    log(f"{loaded.name}: {len(train)} fine-tuning / {len(val_x)} validation images, {norm}")
+    size = loaded.input_size
+
+    def measure(m) -> PruneStage:
+        stats = profile(m, size)
+        return PruneStage(stats.params, stats.macs, latency_ms(m, size), accuracy(m, val_x, val_y).top1, sparsity(m))
+
+    before = measure(loaded.model)
+    if method == "structured":
+        pruned = prune_structured(loaded.model, ratio, torch.randn(1, *size))
+    else:
+        pruned = prune_unstructured(loaded.model, ratio)
+    after_prune = measure(pruned)
+    if epochs:
+        fine_tune(pruned, train, train_y, epochs=epochs, lr=lr, keep_zeros=method == "unstructured", log=log)
+    after = measure(pruned)
+    saved = None
+    if out_path is not None:
+        if out_path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            meta = {"model": json.dumps(loaded.name)}
+            if loaded.mean:
+                meta.update(mean=json.dumps(loaded.mean), std=json.dumps(loaded.std))
+            save_file({k: v.contiguous() for k, v in pruned.state_dict().items()}, str(out_path), metadata=meta)
+        else:
+            from .export import export
+
+            export(pruned, torch.randn(2, *size), out_path, SUFFIX_FORMATS[out_path.suffix])
+        saved = str(out_path)
+    return PruneReport(loaded.name, method, ratio, epochs, before, after_prune, after, norm, split.to_dict(), saved)

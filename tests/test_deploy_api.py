@@ -1,0 +1,60 @@
+"""The deployment commands as library functions returning reports (issue 18, item 5), and the
+data they compare by fingerprint, not by path (item 4). Real CIFAR-10 images, the shipped weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from resnets.deploy import (
+    DataChoice,
+    ExportReport,
+    PruneReport,
+    QuantizeReport,
+    export_model,
+    prune_model,
+    quantize_model,
+)
+
+
+def test_quantize_model_reports_and_recognises_the_training_data(cifar_train_dir, real_folder):
+    notes = []
+    report = quantize_model("resnet20", "cifar10", data=DataChoice(str(cifar_train_dir)), calibration=64, val=200,
+                            log=notes.append)
+    assert isinstance(report, QuantizeReport)
+    assert report.images == 200 and report.calibration_images == 64
+    assert report.fp32_top1 > 70  # the shipped resnet20 (83% on the held-out 5k), here on 200 of them
+    assert abs(report.drop - (report.fp32_top1 - report.int8_top1)) < 1e-9
+    assert report.split["val_size"] == 5000 and "the weights' metadata" in report.normalization
+    assert json.loads(json.dumps(report.to_dict()))["exceeded"] == report.exceeded
+    assert "top-1 on 200 validation images" in str(report)
+    # The weights' data is recognised by its fingerprint: the same images say nothing ...
+    assert not [n for n in notes if "trained on" in n], notes
+    # ... other images (a 300-image folder) are named as not training's.
+    other = []
+    quantize_model("resnet20", "cifar10", data=DataChoice(str(real_folder), val_size=100), calibration=32, val=50,
+                   log=other.append)
+    assert [n for n in other if "trained on cifar10-jpeg/train (50000 images" in n], other
+
+
+def test_export_model_checks_with_onnxruntime(tmp_path, real_folder):
+    pytest.importorskip("onnxruntime")
+    report = export_model("resnet20", "cifar10", out=tmp_path / "r20.onnx", check_images=40,
+                          data=DataChoice(str(real_folder), val_size=100))
+    assert isinstance(report, ExportReport) and report.format == "onnx" and report.passed
+    assert report.onnxruntime_check["images"] == 40 and "real validation images" in report.onnxruntime_check["inputs"]
+    assert json.loads(json.dumps(report.to_dict()))["passed"] is True
+    assert str(report).startswith(f"wrote {tmp_path / 'r20.onnx'} (onnx,")
+
+
+def test_prune_model_refuses_an_unwritable_output_first(tmp_path, real_folder):
+    with pytest.raises(ValueError, match="structured pruning changes layer shapes"):
+        prune_model("resnet20", "cifar10", method="structured", out=tmp_path / "p.safetensors")
+    report = prune_model("resnet20", "cifar10", method="unstructured", ratio=0.5, epochs=0, train_images=32, val=50,
+                         data=DataChoice(str(real_folder), val_size=100), out=tmp_path / "p.safetensors")
+    assert isinstance(report, PruneReport) and (tmp_path / "p.safetensors").is_file()
+    assert report.before.sparsity < 0.01 and report.pruned.sparsity == pytest.approx(0.5, abs=0.01)
+    assert report.before.params == report.pruned.params == 269_722
+    assert json.loads(json.dumps(report.to_dict()))["pruned"]["top1"] == report.pruned.top1
+    assert "sparsity 50.0%" in str(report)
