@@ -95,7 +95,7 @@ def create_model(
     state, meta, source_classes = None, {}, None
     if weights is not None:
         from .pretrained import resolve
-        from .transfer.weights import WeightsError, read_weights
+        from .weights_io import WeightsError, read_weights
 
         state, meta = read_weights(resolve(name, weights))
         if meta.get("model") and meta["model"] != name:
@@ -113,7 +113,7 @@ def create_model(
     if state is not None:
         import warnings
 
-        from .transfer.weights import load_into
+        from .weights_io import load_into
 
         new_head = source_classes is not None and num_classes != source_classes
         report = load_into(model, state, strict=strict, new_head=new_head)
@@ -122,7 +122,7 @@ def create_model(
         model.pretrained_meta = meta
         model.load_report = report
     if features_only:
-        from .transfer.features import FeatureExtractor
+        from .models.features import FeatureExtractor
 
         return FeatureExtractor(model, out_indices)
     return model
@@ -132,7 +132,7 @@ def load_model(weights: str, model: str | None = None, **kwargs) -> nn.Module:
     """Rebuild the model a weights file was made for: its name comes from the file's metadata
     (or ``model``, which must agree), its architecture arguments and classes too. The model is in
     eval mode; ``model.pretrained_meta`` holds the metadata (classes, mean, std, metrics...)."""
-    from .transfer.weights import WeightsError, read_metadata_only
+    from .weights_io import WeightsError, read_metadata_only
 
     path = str(weights)
     if model is None:

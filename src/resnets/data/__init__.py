@@ -7,7 +7,7 @@ deterministic order that survives resuming and distributed training.
 """
 
 from .cifar import CifarUnpickler, UnsafePickleError, download_cifar, read_cifar, write_cifar_archive
-from .folder import read_class_map, resolve_classes, verify_folder, write_class_map
+from .folder import read_class_map, resolve_classes, verify_folder
 from .images import BadFile, BadImageError, BadImageWarning, load_image
 from .info import DatasetInfo, compute_normalization
 from .loader import BatchLoader, FolderLoader, build_transforms, make_loader
@@ -20,5 +20,4 @@ __all__ = [
     "DatasetInfo", "FolderDataset", "FolderLoader", "TensorImageDataset", "UnsafePickleError", "build_transforms",
     "compute_normalization", "download_cifar", "epoch_permutation", "load_image", "make_loader", "open_dataset",
     "read_cifar", "read_class_map", "resolve_classes", "split_train_val", "verify_folder", "write_cifar_archive",
-    "write_class_map",
 ]

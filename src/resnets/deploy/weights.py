@@ -1,7 +1,7 @@
 """Building a model from ``--model NAME`` and an optional ``--weights FILE``.
 
 A thin layer over the project's shared loader, :func:`resnets.load_model` /
-:func:`resnets.create_model` (built on :func:`resnets.transfer.weights.read_weights`): safe reading
+:func:`resnets.create_model` (built on :func:`resnets.weights_io.read_weights`): safe reading
 of ``.safetensors`` with metadata, ``.pt``/``.pth`` state dicts (``weights_only``), training
 checkpoints (EMA weights preferred), shipped weight tags, ``module.``/``_orig_mod.`` prefixes and
 timm names, strict loading with a readable report. What the deployment commands need besides the
@@ -19,7 +19,7 @@ from torch import nn
 
 from ..registry import create_model, model_entry
 from ..registry import load_model as load_weights_model
-from ..transfer.weights import WeightsError
+from ..weights_io import WeightsError
 
 
 @dataclass

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..registry import model_entry
 from ..train import Config, StepInfo, train
-from ..train.checkpoint import atomic_write
+from ..weights_io import atomic_write
 
 DEFAULT_MODELS = ("plain20", "plain56", "resnet20", "resnet56")
 # Written in each model's run folder once it has trained: a re-run of the study reuses it.
@@ -150,7 +150,7 @@ def degradation_study(
         histories[name] = result.history
         gradients[name] = {"layers": recorder.names, "history": recorder.history}
         record = {"schedule": schedule_of, "history": result.history, "gradients": gradients[name]}
-        atomic_write(out_dir / name / STUDY_RECORD, lambda f, r=record: f.write(json.dumps(r).encode()))
+        atomic_write(out_dir / name / STUDY_RECORD, json.dumps(record).encode())
     (out_dir / "gradients.json").write_text(json.dumps(gradients))
     with open(out_dir / "curves.csv", "w", newline="") as f:
         writer = csv.writer(f)

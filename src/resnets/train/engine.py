@@ -32,7 +32,7 @@ from torch.profiler import record_function
 from ..pretrained import resolve
 from ..registry import create_model
 from ..transfer.finetune import GradualUnfreezer, set_trainable, stage_names
-from ..transfer.weights import read_metadata_only
+from ..weights_io import read_metadata_only
 from .checkpoint import (
     export_weights,
     load_checkpoint,

@@ -6,7 +6,6 @@ an image is normalised exactly as during training.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +237,3 @@ def extract_features(weights: str | Path, images: list[str | Path] | str | Path,
         raise ValueError(f"no readable images in {', '.join(map(str, images))}")
     return np.concatenate(rows), paths
 
-
-def to_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2)

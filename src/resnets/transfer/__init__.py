@@ -1,8 +1,17 @@
 """Transfer learning: weights from torchvision, timm and our own files; adapting heads and
 input channels; fine-tuning controls; feature extraction; detection and segmentation backbones."""
 
+# The model-side pieces transfer learning uses, re-exported here (they live below the registry).
+from ..models.features import FeatureExtractor
+from ..weights_io import (
+    LoadReport,
+    WeightsError,
+    adapt_input_conv,
+    convert_timm_state_dict,
+    load_into,
+    read_weights,
+)
 from .backbones import DilatedEncoder, dilated_backbone, fpn_backbone
-from .features import FeatureExtractor
 from .finetune import (
     GradualUnfreezer,
     freeze,
@@ -11,14 +20,6 @@ from .finetune import (
     lr_multipliers,
     set_trainable,
     stage_names,
-)
-from .weights import (
-    LoadReport,
-    WeightsError,
-    adapt_input_conv,
-    convert_timm_state_dict,
-    load_into,
-    read_weights,
 )
 
 __all__ = [

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ..models.resnet import ResNet
+from .resnet import ResNet
 
 
 class FeatureExtractor(nn.Module):
