@@ -2,14 +2,15 @@
 :mod:`resnets.deploy`.
 
 Every command takes ``--model NAME`` and optionally ``--weights FILE``. Real images come from the
-training engine's own train/validation split of ``--data`` (:mod:`resnets.deploy.data`): accuracy
-is measured on the held-out part, calibration and fine-tuning use the train part. Input
-normalisation is taken from, in order: ``--mean/--std``, the weights' metadata, or the statistics
-of the split's train part (CIFAR's own, never ImageNet's).
+training engine's own train/validation split of ``--data`` (:mod:`resnets.data.split`): accuracy
+is measured on the held-out part, calibration and fine-tuning use the train part. Images are
+preprocessed as the weights say (:mod:`resnets.preprocessing`); ``--mean/--std`` replace the
+weights' normalisation, and weights without any are refused with the missing key named.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -34,8 +35,8 @@ def _loaded(args):
 
 
 def _split(args, loaded):
-    """The training engine's train/validation split of the data (see :mod:`resnets.deploy.data`)."""
-    from ..deploy.data import data_dir, open_split
+    """The training engine's train/validation split of the data (see :mod:`resnets.data.split`)."""
+    from ..data import data_dir, open_split
 
     root = data_dir(args.data, loaded.metadata)
     if root is None:
@@ -47,34 +48,33 @@ def _split(args, loaded):
     return split
 
 
-def _normalization(args, loaded, fallback=None):
-    """(mean, std, where from): --mean/--std, else the weights' metadata, else ``fallback``."""
-    if args.mean or args.std:
-        if not (args.mean and args.std) or len(args.mean) != 3 or len(args.std) != 3:
-            raise UsageError("--mean and --std take three values each (R G B, pixels in [0, 1])")
-        return tuple(args.mean), tuple(args.std), "--mean/--std"
-    if loaded.mean and loaded.std:
-        return loaded.mean, loaded.std, "the weights' metadata"
-    if fallback is None:
-        raise UsageError("no normalisation known: pass --mean/--std or weights with metadata")
-    return fallback
+def _preprocessing(args, loaded):
+    """(preprocessing, where from): the weights' own, with --mean/--std replacing its normalisation;
+    without any in the weights, the whole image at the model's input size normalised by --mean/--std."""
+    from ..preprocessing import Preprocessing
 
-
-def _split_normalization(args, loaded, split):
-    return _normalization(args, loaded, (split.mean, split.std, f"the training part of {split.root}"))
+    given = getattr(args, "mean", None) or getattr(args, "std", None)
+    if given and (not (args.mean and args.std) or len(args.mean) != 3 or len(args.std) != 3):
+        raise UsageError("--mean and --std take three values each (R G B, pixels in [0, 1])")
+    if loaded.preprocessing is not None:
+        if given:
+            return loaded.preprocessing.with_normalization(args.mean, args.std), "the weights, --mean/--std"
+        return loaded.preprocessing, "the weights' metadata"
+    if given:
+        return Preprocessing.whole_image(loaded.input_size, args.mean, args.std), "--mean/--std"
+    raise UsageError(loaded.preprocessing_error)
 
 
 def _samples(args, loaded, n_train: int, n_val: int):
     """Normalised (train, train labels, val, val labels) tensors, the split, and a line saying where from."""
-    from ..deploy.data import normalize, take
+    from ..data import sample_images
 
     split = _split(args, loaded)
-    size = loaded.input_size[1:]
-    mean, std, source = _split_normalization(args, loaded, split)
-    train_u8, train_y = take(split.train, n_train, size, seed=0)
-    val_u8, val_y = take(split.val, n_val, size, seed=1)
-    return (normalize(train_u8, mean, std), train_y, normalize(val_u8, mean, std), val_y, split,
-            f"mean/std from {source}; {split.describe()}")
+    prep, source = _preprocessing(args, loaded)
+    train_u8, train_y = sample_images(split.train, n_train, prep, seed=0)
+    val_u8, val_y = sample_images(split.val, n_val, prep, seed=1)
+    return (prep.normalize(train_u8), train_y, prep.normalize(val_u8), val_y, split,
+            f"preprocessing from {source} ({prep.describe()}); {split.describe()}")
 
 
 def _latency_ms(model, size, iters: int = 10) -> float:
@@ -110,14 +110,17 @@ def run_export(args) -> int:
     _say(args, f"wrote {out} ({fmt}, {out.stat().st_size / 1e6:.1f} MB, "
                f"{'dynamic' if not args.static_batch else 'static'} batch)")
     if fmt == "onnx" and args.check:
-        from ..deploy.data import data_dir, normalize, take
+        from ..data import data_dir, sample_images
 
         if data_dir(args.data, loaded.metadata) is not None:
             split = _split(args, loaded)
-            images, _ = take(split.val, args.check_images, size[1:], seed=1)
-            mean, std, source = _split_normalization(args, loaded, split)
-            inputs = normalize(images, mean, std)
-            what = f"{len(images)} real validation images from {split.root} (mean/std from {source})"
+            prep, source = _preprocessing(args, loaded)
+            if args.size:  # exported for another size: the same preprocessing, scaled to it
+                resize = (args.size, args.size) if prep.crop == "none" else (round(args.size * 256 / 224),)
+                prep = dataclasses.replace(prep, input_size=(args.size, args.size), resize_size=resize)
+            images, _ = sample_images(split.val, args.check_images, prep, seed=1)
+            inputs = prep.normalize(images)
+            what = f"{len(images)} real validation images from {split.root} (preprocessing from {source})"
             result["split"] = split.to_dict()
         else:
             inputs, what = torch.randn(args.check_images, *size), f"{args.check_images} random inputs (no --data)"
@@ -222,11 +225,17 @@ def run_prune(args) -> int:
         if out.suffix == ".safetensors":
             if args.method == "structured":
                 raise UsageError("structured pruning changes layer shapes: save as .pt2, .onnx or .pt")
-            from safetensors.torch import save_file
+            from ..weights_io import export_weights
 
-            save_file({k: v.contiguous() for k, v in pruned.state_dict().items()}, str(out),
-                      metadata={"model": json.dumps(loaded.name), **({"mean": json.dumps(loaded.mean),
-                                "std": json.dumps(loaded.std)} if loaded.mean else {})})
+            # Everything the source weights carried (builder arguments, classes, recipe, preprocessing),
+            # so the file reloads with create_model/load_model like any other (issue 14).
+            prep, _ = _preprocessing(args, loaded)
+            meta = {**loaded.metadata, "model": loaded.name, "image_size": list(size),
+                    "preprocessing": prep.to_metadata(), "mean": list(prep.mean), "std": list(prep.std),
+                    "metrics": {"val_top1": after["top1"] / 100, "val_images": len(val_y)},
+                    "pruning": {"method": args.method, "ratio": args.ratio, "sparsity": after["sparsity"],
+                                "fine_tune_epochs": args.epochs, "from": str(args.weights), **split.to_dict()}}
+            export_weights(out, pruned.state_dict(), meta)
         else:
             from ..deploy.export import export
 
@@ -244,7 +253,7 @@ def run_prune(args) -> int:
 # ---- explain ----------------------------------------------------------------------------------
 
 def run_explain(args) -> int:
-    from ..deploy.data import load_files, normalize
+    from ..data import load_files
     from ..deploy.gradcam import default_target_layer, grad_cam, save_overlays
 
     loaded = _loaded(args)
@@ -252,25 +261,13 @@ def run_explain(args) -> int:
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"image not found: {p}")
-    size = loaded.input_size[1:]
     layer = args.layer or default_target_layer(loaded.model)
-    fallback, own = None, None
-    if not (args.mean or loaded.mean):
-        if args.data:
-            split = _split(args, loaded)
-            fallback = (split.mean, split.std, f"the training part of {split.root}")
-        else:
-            from ..data import compute_normalization
-
-            own = load_files(paths, size)
-            fallback = (*compute_normalization(own), f"statistics of the {len(own)} images")
-            _say(args, "note: no --mean/--std, metadata or --data: normalising with the given images' own statistics")
-    mean, std, source = _normalization(args, loaded, fallback)
+    prep, source = _preprocessing(args, loaded)
     written, rows = [], []
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start:start + args.batch_size]
-        images = load_files(chunk, size)
-        heatmaps, classes, logits = grad_cam(loaded.model, normalize(images, mean, std), args.target_class, layer)
+        images = load_files(chunk, prep)
+        heatmaps, classes, logits = grad_cam(loaded.model, prep.normalize(images), args.target_class, layer)
         probs = logits.softmax(1)
         written += save_overlays(images, heatmaps, args.out, [str(p) for p in chunk], scale=args.scale)
         for p, c, pr in zip(chunk, classes.tolist(), probs, strict=True):
@@ -279,7 +276,7 @@ def run_explain(args) -> int:
     for row, path in zip(rows, written, strict=True):
         row["overlay"] = str(path)
         _say(args, f"{row['image']}: {row['class_name']} ({100 * row['probability']:.1f}%) -> {path}")
-    _say(args, f"Grad-CAM at {layer}, mean/std from {source}; {len(written)} overlays in {args.out}")
+    _say(args, f"Grad-CAM at {layer}, preprocessing from {source}; {len(written)} overlays in {args.out}")
     if args.json:
         print(json.dumps(rows, indent=2))
     return 0
@@ -291,7 +288,7 @@ def run_bench_infer(args) -> int:
     from ..deploy.bench import bench_infer
 
     variants = tuple(args.variants.split(",")) if args.variants else None
-    from ..deploy.data import data_dir
+    from ..data import data_dir
 
     data = data_dir(args.data)
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -345,8 +342,10 @@ def _common(parser, data: bool = True) -> None:
     parser.add_argument("--model", help="zoo name (optional when the weights' metadata names it)")
     parser.add_argument("--weights", help=".safetensors (with metadata) or .pt/.pth state dict")
     parser.add_argument("--num-classes", type=int, help="classifier size when the weights do not say")
-    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean")
-    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std")
+    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="normalisation mean (default: the weights' preprocessing)")
+    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="normalisation std (default: the weights' preprocessing)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     if data:
         parser.add_argument("--data", help="image folder <DIR>/<class>/<image> or CIFAR archive folder (default: "
@@ -403,7 +402,6 @@ def register(subparsers) -> None:
     p.add_argument("--class", dest="target_class", type=int, help="explain this class (default: the prediction)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--scale", type=int, default=4, help="enlarge overlays by this factor (32x32 is tiny)")
-    p.add_argument("--data", help="image folder whose statistics normalise the input when nothing else does")
     p.set_defaults(func=run_explain)
 
     from ..deploy.bench import DEFAULT_VARIANTS, VARIANTS  # the names only: torch is imported already

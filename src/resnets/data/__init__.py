@@ -13,11 +13,25 @@ from .info import DatasetInfo, compute_normalization
 from .loader import BatchLoader, FolderLoader, build_transforms, make_loader
 from .order import BatchPlan, epoch_permutation
 from .sources import DataError, FolderDataset, open_dataset, split_train_val
+from .split import (
+    DataSplit,
+    NoHeldOutImages,
+    balanced_indices,
+    data_dir,
+    holdout_split,
+    load_files,
+    open_split,
+    sample_data_dir,
+    sample_images,
+    split_settings,
+)
 from .tensor_dataset import TensorImageDataset
 
 __all__ = [
     "BadFile", "BadImageError", "BadImageWarning", "BatchLoader", "BatchPlan", "CifarUnpickler", "DataError",
-    "DatasetInfo", "FolderDataset", "FolderLoader", "TensorImageDataset", "UnsafePickleError", "build_transforms",
-    "compute_normalization", "download_cifar", "epoch_permutation", "load_image", "make_loader", "open_dataset",
-    "read_cifar", "read_class_map", "resolve_classes", "split_train_val", "verify_folder", "write_cifar_archive",
+    "DataSplit", "DatasetInfo", "FolderDataset", "FolderLoader", "NoHeldOutImages", "TensorImageDataset",
+    "UnsafePickleError", "balanced_indices", "build_transforms", "compute_normalization", "data_dir",
+    "download_cifar", "epoch_permutation", "holdout_split", "load_files", "load_image", "make_loader",
+    "open_dataset", "open_split", "read_cifar", "read_class_map", "resolve_classes", "sample_data_dir",
+    "sample_images", "split_settings", "split_train_val", "verify_folder", "write_cifar_archive",
 ]

@@ -64,6 +64,7 @@ class ModelInfo(BaseModel):
     input_size: list[int]
     mean: list[float] | None
     std: list[float] | None
+    preprocessing: dict[str, Any]  # the weights' record (resnets.preprocessing): size, resize, crop, mean/std
     metrics: dict[str, Any]
     weights: str
     sha256: str
@@ -181,7 +182,7 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
             async with asyncio.timeout(timeout_s):
                 with batcher.arriving():
                     found = await uploads(request, "images", max_bytes=max_bytes, max_images=queue_size)
-                    decoded = await asyncio.to_thread(decode_all, found, service.meta, max_pixels)
+                    decoded = await asyncio.to_thread(decode_all, found, service.preprocessing, max_pixels)
                     x = service.inputs([d.array for d in decoded])
                 probs = await batcher.submit(x)
         except TimeoutError:
@@ -217,7 +218,7 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
         try:
             async with asyncio.timeout(timeout_s):
                 (found,) = await uploads(request, "image", max_bytes=max_bytes, max_images=1)
-                decoded = await asyncio.to_thread(decode, found, service.meta, max_pixels)
+                decoded = await asyncio.to_thread(decode, found, service.preprocessing, max_pixels)
                 result = await asyncio.to_thread(service.explain, decoded.array, index, scale)
         except TimeoutError:
             raise timed_out(timeout_s) from None

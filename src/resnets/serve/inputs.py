@@ -4,8 +4,9 @@ The body's size is checked from Content-Length before anything is read, and the 
 ``max_bytes`` whatever the header said. Each image's pixel count is read from its header before
 decoding (a 50 kB PNG can declare 20000x20000 and expand to 1.2 GB: a decompression bomb).
 Decoding and mode conversion (grayscale, palette, RGBA, CMYK, 16-bit) are the project's own
-(:func:`resnets.data.images.decode_with_mode`), and preprocessing is ``resnets predict``'s
-(:func:`resnets.train.evaluate.resize_for_model`), so the server and the command line agree.
+(:func:`resnets.data.images.decode_with_mode`), and preprocessing is the weights' own
+(:class:`resnets.preprocessing.Preprocessing`, as in ``resnets predict``), so the server and the
+command line agree.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..data.images import BadImageError, decode_with_mode
-from ..train.evaluate import resize_for_model
+from ..preprocessing import Preprocessing
 from .errors import ApiError
 
 
@@ -39,7 +40,7 @@ class Decoded:
     width: int
     height: int
     mode: str  # the file's own mode ("L", "P", "CMYK", "I;16"...), before conversion to RGB
-    array: np.ndarray  # uint8 (H, W, 3) at the model's input size
+    array: np.ndarray  # uint8 (H, W, 3) at the model's input size, resized and cropped as the weights say
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -164,15 +165,16 @@ def check_pixels(upload: Upload, max_pixels: int) -> None:
                                                f"the limit is {max_pixels} (--max-pixels)")
 
 
-def decode(upload: Upload, meta: dict, max_pixels: int) -> Decoded:
+def decode(upload: Upload, preprocessing: Preprocessing, max_pixels: int) -> Decoded:
     check_pixels(upload, max_pixels)
     try:
         image, mode = decode_with_mode(upload.data, upload.label)
     except BadImageError as exc:
         raise ApiError(400, "bad_image", f"{upload.label}: {exc.reason}") from None
-    return Decoded(upload, image.width, image.height, mode, resize_for_model(image, meta))
+    array = preprocessing.resize(image).permute(1, 2, 0).numpy()
+    return Decoded(upload, image.width, image.height, mode, array)
 
 
-def decode_all(found: list[Upload], meta: dict, max_pixels: int) -> list[Decoded]:
+def decode_all(found: list[Upload], preprocessing: Preprocessing, max_pixels: int) -> list[Decoded]:
     """Every upload decoded (runs in a worker thread: decoding is CPU work)."""
-    return [decode(u, meta, max_pixels) for u in found]
+    return [decode(u, preprocessing, max_pixels) for u in found]

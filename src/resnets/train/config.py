@@ -15,6 +15,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from ..data.split import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
+
 
 @dataclass
 class ModelConfig:
@@ -25,8 +27,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     path: str | None = None  # image folder or CIFAR archive folder; None: the sample bundled with the package
-    val_size: int = 5000  # images held out for validation (stratified); 0: no validation
-    split_seed: int = 0
+    val_size: int = DEFAULT_VAL_SIZE  # images held out for validation (stratified); 0: no validation
+    split_seed: int = DEFAULT_SPLIT_SEED
     limit: int = 0  # train on a class-balanced subset of N images after the split (0: all); for smoke runs
     crop_padding: int = 4  # random crop from a zero-padded image (He et al. 2015, sec. 4.2)
     flip: bool = True  # random horizontal flip

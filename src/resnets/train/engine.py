@@ -29,6 +29,7 @@ import yaml
 from torch import nn
 from torch.profiler import record_function
 
+from ..data.split import sample_data_dir
 from ..pretrained import resolve
 from ..registry import create_model
 from ..transfer.finetune import GradualUnfreezer, set_trainable, stage_names
@@ -85,13 +86,6 @@ class TrainResult:
     best: float | None
     weights: Path  # final .safetensors
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def sample_data_dir() -> Path:
-    """The small CIFAR-10 sample bundled with the package (quick start without a download)."""
-    from importlib.resources import files
-
-    return Path(str(files("resnets") / "assets" / "cifar10_sample"))
 
 
 def weights_metadata(model: str, weights: str) -> dict[str, Any]:
@@ -443,10 +437,17 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
         model = torch.compile(model)
     eval_model = copy.deepcopy(raw_model) if ema else raw_model
 
-    meta = {"model": cfg.model.name, "model_kwargs": cfg.model.kwargs, "classes": list(info.classes),
-            "mean": list(info.mean), "std": list(info.std), "image_size": [3, 32, 32], "recipe": cfg.to_dict()}
-    if getattr(info, "image_size", None):
-        meta["image_size"] = [3, *info.image_size][-3:] if len(info.image_size) == 2 else list(info.image_size)
+    # What inference must do to see the images as training did (input size, resize, crop, mean/std;
+    # issue 14): in every checkpoint and export, read back by resnets.preprocessing.
+    preprocessing = loader.preprocessing()
+    # The builder arguments the model was really built with: a fine-tune inherits the source weights'
+    # (create_model merges them), so a shortcut="B" network stays one when the result is reloaded.
+    source_kwargs = (getattr(raw_model, "pretrained_meta", None) or {}).get("model_kwargs") or {}
+    model_kwargs = {k: v for k, v in {**source_kwargs, **cfg.model.kwargs}.items()
+                    if k not in ("num_classes", "in_chans")}
+    meta = {"model": cfg.model.name, "model_kwargs": model_kwargs, "classes": list(info.classes),
+            "mean": list(info.mean), "std": list(info.std), "image_size": [3, *preprocessing.input_size],
+            "preprocessing": preprocessing.to_metadata(), "recipe": cfg.to_dict()}
     higher_better = t.best_metric.endswith(("acc", "top5"))
 
     # ---- state, restored when resuming -----------------------------------------------------------
