@@ -28,7 +28,7 @@ def test_train_eval_predict(data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "validation accuracy" in out
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["step"] == 5 and 0 <= summary["val_acc"] <= 1  # 80 train images / 16
+    assert summary["step"] == 5 and 0 <= summary["val_top1"] <= 1  # 80 train images / 16
     weights = tmp_path / "cli" / "final.safetensors"
     assert weights.exists() and (tmp_path / "cli" / "metrics.csv").exists()
 

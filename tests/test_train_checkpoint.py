@@ -60,7 +60,7 @@ def test_rng_state_round_trip_is_weights_only_loadable(tmp_path):
 def test_safetensors_export_carries_json_metadata(tmp_path):
     state = {"fc.weight": torch.randn(10, 4), "fc.bias": torch.zeros(10)}
     meta = {"model": "resnet20", "model_kwargs": {"shortcut": "B"}, "classes": ["a", "b"],
-            "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2], "metrics": {"val_acc": 0.9}, "recipe": {"x": 1}}
+            "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2], "metrics": {"val_top1": 0.9}, "recipe": {"x": 1}}
     export_weights(tmp_path / "w.safetensors", state, meta)
     loaded, read = load_weights(tmp_path / "w.safetensors")
     assert read_metadata(tmp_path / "w.safetensors") == {**meta, "format": "resnets"} == read

@@ -158,6 +158,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 # ---- safetensors with metadata -------------------------------------------------------------------
 
+# One name per metric (issue 14): top-1 accuracy is `val_top1`/`train_top1`, a fraction. Files and
+# configs written before the rename say `val_acc`/`train_acc`; they are read under the new names.
+METRIC_ALIASES = {"val_acc": "val_top1", "train_acc": "train_top1"}
+
+
+def canonical_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with its metrics under their current names (see :data:`METRIC_ALIASES`)."""
+    metrics = meta.get("metrics")
+    if isinstance(metrics, dict) and any(k in metrics for k in METRIC_ALIASES):
+        meta = {**meta, "metrics": {METRIC_ALIASES.get(k, k): v for k, v in metrics.items()}}
+    return meta
+
+
 def export_weights(path: str | Path, state_dict: dict[str, Tensor], metadata: dict[str, Any]) -> None:
     """Weights as safetensors; metadata values are JSON-encoded (safetensors stores strings only)."""
     from safetensors.torch import save
@@ -179,7 +192,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             out[k] = json.loads(v)
         except json.JSONDecodeError:
             out[k] = v
-    return out
+    return canonical_metadata(out)
 
 
 # ---- reading any weights file safely -------------------------------------------------------------
@@ -249,7 +262,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
                 f"refused to load {path} ({kind}): it is not a plain state_dict of tensors ({exc})"
             ) from exc
         if isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # a resnets training checkpoint
-            metadata = dict(obj.get("meta") or {})
+            metadata = canonical_metadata(dict(obj.get("meta") or {}))
             ema = obj.get("ema")
             obj = ema["state"] if isinstance(ema, dict) and ema.get("state") else obj["model"]
         elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

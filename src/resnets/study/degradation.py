@@ -157,9 +157,9 @@ def degradation_study(
         writer.writerow(["model", "epoch", "train_error", "val_error"])
         for name, rows in histories.items():
             for row in rows:
-                writer.writerow([name, row["epoch"], 1 - row["train_acc"], 1 - row.get("val_acc", float("nan"))])
+                writer.writerow([name, row["epoch"], 1 - row["train_top1"], 1 - row.get("val_top1", float("nan"))])
     figures = [plot_curves(histories, out_dir / "curves.png"), plot_gradients(gradients, out_dir / "gradients.png")]
-    final = {n: {"train_error": 1 - h[-1]["train_acc"], "val_error": 1 - h[-1].get("val_acc", float("nan"))}
+    final = {n: {"train_error": 1 - h[-1]["train_top1"], "val_error": 1 - h[-1].get("val_top1", float("nan"))}
              for n, h in histories.items()}
     report = write_report(out_dir, final, gradients, full=full, epochs=epochs, limit=limit, data=data,
                           warmup=warmup, batch_size=batch_size, zero_init=zero_init)
@@ -207,9 +207,9 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: Path) -> Pat
             rows = histories[name]
             epochs = [r["epoch"] for r in rows]
             color = f"C{i}"
-            ax.plot(epochs, [100 * (1 - r["train_acc"]) for r in rows], "--", color=color, label=f"{name} train")
-            if "val_acc" in rows[0]:
-                ax.plot(epochs, [100 * (1 - r["val_acc"]) for r in rows], "-", color=color, label=f"{name} val")
+            ax.plot(epochs, [100 * (1 - r["train_top1"]) for r in rows], "--", color=color, label=f"{name} train")
+            if "val_top1" in rows[0]:
+                ax.plot(epochs, [100 * (1 - r["val_top1"]) for r in rows], "-", color=color, label=f"{name} val")
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

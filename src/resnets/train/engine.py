@@ -303,7 +303,7 @@ def validate(model: nn.Module, loader, device: torch.device, autocast, world: in
     model.train(was_training)
     loss_sum, correct, correct5, n = _all_sum([loss_sum, correct, correct5, n], device, world)
     n = max(n, 1)
-    return {"val_loss": loss_sum / n, "val_acc": correct / n, "val_top5": correct5 / n}
+    return {"val_loss": loss_sum / n, "val_top1": correct / n, "val_top5": correct5 / n}
 
 
 def _new_run_dir(cfg: Config) -> Path:
@@ -448,7 +448,7 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
     meta = {"model": cfg.model.name, "model_kwargs": model_kwargs, "classes": list(info.classes),
             "mean": list(info.mean), "std": list(info.std), "image_size": [3, *preprocessing.input_size],
             "preprocessing": preprocessing.to_metadata(), "recipe": cfg.to_dict()}
-    higher_better = t.best_metric.endswith(("acc", "top5"))
+    higher_better = t.best_metric.endswith(("top1", "top5"))
 
     # ---- state, restored when resuming -----------------------------------------------------------
     step, start_epoch, start_batch, best = 0, 0, 0, None
@@ -589,7 +589,7 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
                 reporter.end_epoch()
                 loss_sum, correct, n = _all_sum([stats["loss"], stats["correct"], stats["n"]], device, world)
                 row = {"epoch": epoch + 1, "step": step, "lr": schedule.lr(max(step - 1, 0)),
-                       "train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1),
+                       "train_loss": loss_sum / max(n, 1), "train_top1": correct / max(n, 1),
                        "seconds": stats["seconds"], "img_per_s": n / max(stats["seconds"], 1e-9)}
                 if val_loader is not None:
                     if ema:
@@ -598,7 +598,7 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
                 history.append(row)
                 metric = row.get(t.best_metric)
                 watched = cfg.schedule.plateau_metric or t.best_metric
-                schedule.epoch_end(row.get(watched), watched.endswith(("acc", "top5")))
+                schedule.epoch_end(row.get(watched), watched.endswith(("top1", "top5")))
                 stats = {"loss": 0.0, "correct": 0.0, "n": 0.0, "seconds": 0.0}
                 improved = metric is not None and (best is None or (metric > best if higher_better else metric < best))
                 if improved:
