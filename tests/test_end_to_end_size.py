@@ -36,10 +36,12 @@ def folder(cifar_train_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def weights(folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs")
-    code = main(["train", "--config", "quickstart", "--data", str(folder), "--set", "model.name=resnet20",
-                 "--set", "data.val_size=20", "--set", "train.batch_size=10", "--set", "train.steps=2",
-                 "--set", "train.progress=false", "--set", "train.tensorboard=false", "--set", "train.plots=false",
-                 "--set", f"out_dir={out}", "--set", "name=big", "--set", "train.channels_last=false"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RESNETS_CACHE", str(out / "cache"))
+        code = main(["train", "--config", "quickstart", "--data", str(folder), "--set", "model.name=resnet20",
+                     "--set", "data.val_size=20", "--set", "train.batch_size=10", "--set", "train.steps=2",
+                     "--set", "train.progress=false", "--set", "train.tensorboard=false", "--set", "train.plots=false",
+                     "--set", f"out_dir={out}", "--set", "name=big", "--set", "train.channels_last=false"])
     assert code == 0
     return out / "big" / "final.safetensors"
 
@@ -84,7 +86,7 @@ def test_eval_predict_serve_and_onnx_agree_at_the_training_size(folder, weights,
                 reply = client.post("/v1/predict?topk=10", files=[("images", (f.name, fh, "image/png"))])
             assert reply.status_code == 200, reply.text
             served = {t["class"]: t["prob"] for t in reply.json()["predictions"][0]["top"]}
-            assert served == pytest.approx(predicted[f], abs=2e-6)
+            assert served == pytest.approx(predicted[f], abs=1e-5)  # batch of 1 vs 40: float rounding only
 
     # eval on the folder: its top-1 is what predict's top classes score on the same files.
     assert main(["eval", "--weights", str(weights), "--data", str(folder), "--json"]) == 0

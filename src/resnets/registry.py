@@ -124,7 +124,10 @@ def create_model(
     if features_only:
         from .models.features import FeatureExtractor
 
-        return FeatureExtractor(model, out_indices)
+        extractor = FeatureExtractor(model, out_indices)
+        if state is not None:  # resnets.transforms_for(extractor) reads the weights' preprocessing
+            extractor.pretrained_meta = meta
+        return extractor
     return model
 
 
