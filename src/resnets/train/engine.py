@@ -33,7 +33,7 @@ from ..data.split import sample_data_dir
 from ..pretrained import resolve
 from ..registry import create_model
 from ..transfer.finetune import GradualUnfreezer, set_trainable, stage_names
-from ..weights_io import read_metadata_only
+from ..weights_io import METRIC_ALIASES, read_metadata_only
 from .checkpoint import (
     export_weights,
     load_checkpoint,
@@ -463,7 +463,9 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
         if ema is not None and ckpt.get("ema"):
             ema.load_state_dict(ckpt["ema"])
         set_rng_state(ckpt["rng"])
-        step, best, stats, history = ckpt["step"], ckpt["best"], dict(ckpt["epoch_stats"]), list(ckpt["history"])
+        step, best, stats = ckpt["step"], ckpt["best"], dict(ckpt["epoch_stats"])
+        # Rows of a run from before the metric rename (val_acc -> val_top1) under today's names.
+        history = [{METRIC_ALIASES.get(k, k): v for k, v in row.items()} for row in ckpt["history"]]
         start_epoch, start_batch = ckpt["loader"]["epoch"], ckpt["loader"]["batch"]
         if start_batch >= batches:
             start_epoch, start_batch = start_epoch + 1, 0

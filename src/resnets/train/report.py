@@ -106,14 +106,14 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     """metrics.csv holding exactly ``rows`` (replaced atomically)."""
     import io
 
-    from .checkpoint import atomic_write
+    from ..weights_io import atomic_write
 
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: row.get(k, "") for k in COLUMNS})
-    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+    atomic_write(path, text.getvalue().encode())
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
