@@ -99,5 +99,5 @@ def test_a_missing_dataset_fails_under_ci_and_skips_elsewhere(tmp_path):
     for ci, code, said in (("true", 1, "must run, not skip"), (None, 0, "1 skipped")):
         env = {**base, **({"CI": ci} if ci else {})}
         run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
         assert run.returncode == code and said in run.stdout, run.stdout[-2000:]
