@@ -61,7 +61,7 @@ def main() -> None:
     tick = time.time()
     pretrained = train(config(source, out, "pretrain", args.pretrain_epochs, 256, 0.4, 1000))
     pretrain_s = time.time() - tick
-    rows = {"pretrain (5 source classes, val 1000)": {"top1": pretrained.metrics["val_acc"], "seconds": pretrain_s}}
+    rows = {"pretrain (5 source classes, val 1000)": {"top1": pretrained.metrics["val_top1"], "seconds": pretrain_s}}
     ways = {
         "fine-tune (all layers)": {"weights": str(pretrained.weights)},
         "linear probe": {"weights": str(pretrained.weights), "linear_probe": True},

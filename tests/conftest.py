@@ -1,5 +1,7 @@
 """Shared fixtures. Real images come from the CIFAR-10 JPEG folder named by ``RESNETS_DATA``
-(default: ``../shared/datasets/cifar10-jpeg/train`` beside the checkout)."""
+(default: ``../shared/datasets/cifar10-jpeg/train`` beside the checkout). Without them a test
+that needs them is skipped on a developer's machine and fails under CI (``CI=true``, as
+``.ci/run`` runs), so a wrong path cannot turn the real-image tests into quiet skips (issue 14)."""
 
 from __future__ import annotations
 
@@ -22,8 +24,15 @@ def cifar_train_dir() -> Path:
     """The real CIFAR-10 training images (image folder, 10 classes x 5000 JPEGs)."""
     path = cifar_train_path()
     if not (path / "airplane").is_dir():
-        pytest.skip(f"real CIFAR-10 images not found at {path} (set RESNETS_DATA)")
+        message = f"real CIFAR-10 images not found at {path} (set RESNETS_DATA)"
+        if under_ci():
+            pytest.fail(f"{message}; under CI the real-image tests must run, not skip", pytrace=False)
+        pytest.skip(message)
     return path
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
 @pytest.fixture(autouse=True)

@@ -138,7 +138,7 @@ NAN_MESSAGE = "holds non-finite weights: layer2.0.bn1.running_var"
 @probe("nan-weights")
 def create_model_refuses(tmp: Path) -> None:
     import resnets
-    from resnets.transfer.weights import WeightsError
+    from resnets.weights_io import WeightsError
 
     path = nonfinite_weights(tmp)
     try:
@@ -200,7 +200,7 @@ def quantize_refuses(tmp: Path) -> None:
 @probe("nan-weights")
 def serve_refuses(tmp: Path) -> None:
     from resnets.serve import create_app
-    from resnets.transfer.weights import WeightsError
+    from resnets.weights_io import WeightsError
 
     path = nonfinite_weights(tmp)
     try:

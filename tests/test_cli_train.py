@@ -28,19 +28,24 @@ def test_train_eval_predict(data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "validation accuracy" in out
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["step"] == 5 and 0 <= summary["val_acc"] <= 1  # 80 train images / 16
+    assert summary["step"] == 5 and 0 <= summary["val_top1"] <= 1  # 80 train images / 16
     weights = tmp_path / "cli" / "final.safetensors"
     assert weights.exists() and (tmp_path / "cli" / "metrics.csv").exists()
 
+    run_files = sorted(p.name for p in (tmp_path / "cli").iterdir())
     assert main(["eval", "--model", "resnet20", "--weights", str(weights), "--data", str(data), "--json",
                  "--tta", "flip"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert set(scores) == {"top1", "top5", "n"} and scores["n"] == 100 and scores["top1"] <= scores["top5"]
-    assert (tmp_path / "cli" / "final.confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == run_files  # eval writes nothing unasked
 
-    assert main(["eval", "--weights", str(weights), "--data", str(data)]) == 0
+    confusion, result = tmp_path / "cm.png", tmp_path / "eval.json"
+    assert main(["eval", "--weights", str(weights), "--data", str(data), "--confusion", str(confusion),
+                 "--out", str(result)]) == 0
     text = capsys.readouterr().out
     assert "top-1" in text and "airplane" in text and "truck" in text
+    assert confusion.read_bytes()[:4] == b"\x89PNG"
+    assert json.loads(result.read_text())["n"] == 100
 
     assert main(["predict", "--weights", str(weights), str(data / "dog"), "--topk", "2", "--json"]) == 0
     preds = json.loads(capsys.readouterr().out)

@@ -3,6 +3,7 @@ runs), ``resnets data verify`` reports them, and the tensor cache notices change
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -211,15 +212,17 @@ def test_damaged_cache_file_is_rebuilt(real_folder, tmp_path):
 
 
 def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
+    from resnets.weights_io import WriteError, atomic_write
+
     target = tmp_path / "x.bin"
-    data_cache.atomic_write_bytes(target, b"old")
+    atomic_write(target, b"old")
 
     def fail(fd):
-        raise OSError("disk full")
+        raise OSError(errno.EIO, "I/O error")
 
     monkeypatch.setattr(os, "fsync", fail)
-    with pytest.raises(OSError, match="disk full"):
-        data_cache.atomic_write_bytes(target, b"new")
+    with pytest.raises(WriteError, match="could not write .*x.bin: I/O error; the previous file is intact"):
+        atomic_write(target, b"new")
     monkeypatch.undo()
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["x.bin"]
 

@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 import resnets
-from resnets.data import open_dataset, split_train_val
+from resnets.data import open_dataset, open_split, sample_images, split_settings, split_train_val
 from resnets.deploy import (
     compare,
     compare_accuracy,
@@ -38,7 +38,7 @@ from resnets.deploy import (
     sparsity,
     to_channels_last,
 )
-from resnets.deploy.data import normalize, open_split, split_settings, take
+from resnets.preprocessing import Preprocessing
 from resnets.pretrained import RECORDS
 
 TRAIN_IMAGES, VAL_IMAGES, EPOCHS = 2500, 1000, 3
@@ -62,13 +62,15 @@ def _one_thread():
 def cifar(cifar_train_dir):
     split = open_split(cifar_train_dir)  # no recipe: the training engine's defaults
     assert (split.val_size, split.seed) == (5000, 0) and (len(split.train), len(split.val)) == (45000, 5000)
-    train_u8, train_y = take(split.train, TRAIN_IMAGES, seed=0)
-    val_u8, val_y = take(split.val, VAL_IMAGES, seed=1)
-    mean, std = split.mean, split.std  # CIFAR's own statistics, from the train part, as training computes them
+    # CIFAR's own statistics, from the train part, as training computes them
+    mean, std = split.train.info.mean, split.train.info.std
+    prep = Preprocessing.whole_image((32, 32), mean, std)
+    train_u8, train_y = sample_images(split.train, TRAIN_IMAGES, prep, seed=0)
+    val_u8, val_y = sample_images(split.val, VAL_IMAGES, prep, seed=1)
     return {
         "classes": split.train.info.classes, "mean": mean, "std": std, "val_u8": val_u8,
-        "train": normalize(train_u8, mean, std), "train_y": train_y,
-        "val": normalize(val_u8, mean, std), "val_y": val_y,
+        "train": prep.normalize(train_u8), "train_y": train_y,
+        "val": prep.normalize(val_u8), "val_y": val_y,
     }
 
 
@@ -335,9 +337,9 @@ def test_split_is_the_training_engines_and_follows_the_recipe(cifar_train_dir):
     split = open_split(cifar_train_dir, meta)
     train, val = split_train_val(open_dataset(cifar_train_dir), val_size=1000, seed=3)
     assert torch.equal(split.val.images, val.images) and torch.equal(split.val.labels, val.labels)
-    assert len(split.train) == len(train) == 49000 and split.mean == tuple(train.info.mean)
+    assert len(split.train) == len(train) == 49000 and split.train.info.mean == tuple(train.info.mean)
     assert not split.notes
-    images, labels = take(split.val, 120, (40, 40), seed=1)
+    images, labels = sample_images(split.val, 120, Preprocessing.whole_image((40, 40), [0.5] * 3, [0.2] * 3), seed=1)
     assert images.shape == (120, 3, 40, 40) and images.dtype == torch.uint8
     assert labels.bincount(minlength=10).tolist() == [12] * 10
 

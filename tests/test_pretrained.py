@@ -24,7 +24,7 @@ def test_record_matches_its_file(record):
     assert meta["model"] == record.model
     assert tuple(meta["classes"]) == record.classes
     assert meta["mean"] == pytest.approx(record.mean) and meta["std"] == pytest.approx(record.std)
-    assert meta["metrics"]["val_acc"] == pytest.approx(record.metrics["val_top1"])
+    assert meta["metrics"]["val_top1"] == pytest.approx(record.metrics["val_top1"])
     assert record.command.startswith("resnets train")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from resnets.train import checkpoint as ckpt_mod
+from resnets import weights_io
 from resnets.train.checkpoint import (
     CheckpointError,
     export_weights,
@@ -22,11 +22,10 @@ from resnets.train.checkpoint import (
 )
 
 
-def _partial_then(exc):
-    def fake_save(obj, f):
-        f.write(b"half a checkpoint")
+def _fail_with(exc):
+    def fake_fsync(fd):  # after the bytes went into the temporary file, before the rename
         raise exc
-    return fake_save
+    return fake_fsync
 
 
 @pytest.mark.parametrize("failure, error", [
@@ -36,12 +35,12 @@ def _partial_then(exc):
 def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failure, error):
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"step": 1, "w": torch.arange(4.0)})
-    monkeypatch.setattr(ckpt_mod.torch, "save", _partial_then(failure))
+    monkeypatch.setattr(weights_io.os, "fsync", _fail_with(failure))
     with pytest.raises(error) as info:
         save_checkpoint(path, {"step": 2, "w": torch.zeros(4)})
     monkeypatch.undo()
     if error is CheckpointError:
-        assert "disk full" in str(info.value) and "previous one is kept" in str(info.value)
+        assert "disk full" in str(info.value) and "the previous file is intact" in str(info.value)
     old = load_checkpoint(path)
     assert old["step"] == 1 and torch.equal(old["w"], torch.arange(4.0))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
@@ -61,7 +60,7 @@ def test_rng_state_round_trip_is_weights_only_loadable(tmp_path):
 def test_safetensors_export_carries_json_metadata(tmp_path):
     state = {"fc.weight": torch.randn(10, 4), "fc.bias": torch.zeros(10)}
     meta = {"model": "resnet20", "model_kwargs": {"shortcut": "B"}, "classes": ["a", "b"],
-            "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2], "metrics": {"val_acc": 0.9}, "recipe": {"x": 1}}
+            "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2], "metrics": {"val_top1": 0.9}, "recipe": {"x": 1}}
     export_weights(tmp_path / "w.safetensors", state, meta)
     loaded, read = load_weights(tmp_path / "w.safetensors")
     assert read_metadata(tmp_path / "w.safetensors") == {**meta, "format": "resnets"} == read

@@ -69,7 +69,7 @@ def test_two_gloo_processes_match_one_process(cifar_train_dir, tmp_path, monkeyp
     last_one, last_ddp = one.history[-1], dict(zip(rows_ddp[0].split(","), rows_ddp[-1].split(",")))
     assert int(last_ddp["step"]) == last_one["step"] == 6
     assert float(last_ddp["train_loss"]) == pytest.approx(last_one["train_loss"], rel=1e-4)
-    assert float(last_ddp["val_acc"]) == pytest.approx(last_one["val_acc"], abs=1 / 24 + 1e-9)
+    assert float(last_ddp["val_top1"]) == pytest.approx(last_one["val_top1"], abs=1 / 24 + 1e-9)
 
 
 def test_a_nonfinite_loss_on_one_process_is_skipped_by_all(cifar_train_dir, tmp_path, monkeypatch):

@@ -103,7 +103,7 @@ def test_outputs_of_a_run(subset, tmp_path):
     run = result.run_dir
     assert yaml.safe_load((run / "config.yaml").read_text()) == cfg.to_dict()
     rows = (run / "metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("epoch,step,lr,train_loss,train_acc,val_loss,val_acc") and len(rows) == 3
+    assert rows[0].startswith("epoch,step,lr,train_loss,train_top1,val_loss,val_top1") and len(rows) == 3
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     for png in ("loss.png", "accuracy.png", "lr.png"):
         assert (run / png).read_bytes()[:4] == b"\x89PNG"
@@ -111,7 +111,7 @@ def test_outputs_of_a_run(subset, tmp_path):
     assert meta["model"] == "resnet20" and meta["classes"][0] == "airplane" and len(meta["mean"]) == 3
     assert meta["metrics"]["step"] == 12 and meta["recipe"]["optim"]["lr"] == 0.05
     best = load_checkpoint(run / "best.pt")
-    assert best["best"] == max(r["val_acc"] for r in result.history)
+    assert best["best"] == max(r["val_top1"] for r in result.history)
     for key in ("model", "optimizer", "schedule", "scaler", "ema", "epoch", "step", "rng", "loader", "config", "meta"):
         assert key in best
     assert (run / "best.safetensors").exists()

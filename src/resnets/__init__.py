@@ -5,6 +5,7 @@ from importlib import metadata as _metadata
 from . import models  # noqa: F401  (registers the zoo)
 from .blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from .models import DenseNet, ResNet, cifar_resnet, imagenet_resnet, resnet_v1, resnet_v2, wide_resnet_cifar
+from .preprocessing import Preprocessing, PreprocessingError, transforms_for
 from .profile import Profile, count_params, profile
 from .registry import create_model, list_models, load_model, model_entry, register_model
 
@@ -14,9 +15,10 @@ except _metadata.PackageNotFoundError:  # a source tree on sys.path without `pip
     __version__ = "0+unknown"
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "DenseNet", "PreActBasicBlock", "PreActBottleneck", "Profile", "ResNet",
+    "BasicBlock", "Bottleneck", "DenseNet", "PreActBasicBlock", "PreActBottleneck", "Preprocessing",
+    "PreprocessingError", "Profile", "ResNet",
     "cifar_resnet", "count_params", "create_model", "imagenet_resnet", "list_models", "load_model", "model_entry",
-    "profile", "register_model", "resnet_v1", "resnet_v2", "wide_resnet_cifar",
+    "profile", "register_model", "resnet_v1", "resnet_v2", "transforms_for", "wide_resnet_cifar",
 ]
 
 # Training API (issue 4): resnets.train(config), resnets.evaluate(weights, data), resnets.predict(weights, images).

@@ -102,7 +102,7 @@ def _read_counts(path: Path, code: str) -> dict[str, dict]:
 def zoo_profiles(names: Sequence[str]) -> dict[str, Profile]:
     """:class:`Profile` of each registered model in ``names`` (its default head and input size), from the
     record of the current model code, measuring (and caching) those not recorded."""
-    from .data.cache import atomic_write_bytes
+    from .weights_io import atomic_write
 
     code = model_code_hash()
     counts = _read_counts(COUNTS_FILE, code)
@@ -114,7 +114,7 @@ def zoo_profiles(names: Sequence[str]) -> dict[str, Profile]:
         if missing:
             counts.update(measure_zoo(missing))
             try:
-                atomic_write_bytes(cached, json.dumps({"model_code_sha256": code, "counts": counts},
+                atomic_write(cached, json.dumps({"model_code_sha256": code, "counts": counts},
                                                       indent=1, sort_keys=True).encode())
             except OSError:  # a read-only home: measured again next time, nothing else lost
                 pass
@@ -123,8 +123,8 @@ def zoo_profiles(names: Sequence[str]) -> dict[str, Profile]:
 
 def write_zoo_counts(path: Path = COUNTS_FILE) -> Path:
     """Measure every registered model and record the counts for the current model code (ships in the package)."""
-    from .data.cache import atomic_write_bytes
+    from .weights_io import atomic_write
 
     record = {"model_code_sha256": model_code_hash(), "counts": measure_zoo()}
-    atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
     return path

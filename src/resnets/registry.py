@@ -97,14 +97,14 @@ def create_model(
       checkpoint. Loading is strict; a different ``num_classes`` re-initialises the classifier and a
       different ``in_chans`` adapts the first convolution, and a warning says so. The weights'
       metadata is kept on the model as ``model.pretrained_meta``.
-    - ``features_only=True`` returns a :class:`resnets.transfer.FeatureExtractor` giving the maps of
+    - ``features_only=True`` returns a :class:`resnets.models.features.FeatureExtractor` giving the maps of
       ``out_indices`` (0 = stem, 1..N = stages; all stages by default).
     """
     entry = model_entry(name)
     state, meta, source_classes = None, {}, None
     if weights is not None:
         from .pretrained import resolve
-        from .transfer.weights import WeightsError, read_weights
+        from .weights_io import WeightsError, read_weights
 
         state, meta = read_weights(resolve(name, weights))
         if meta.get("model") and meta["model"] != name:
@@ -130,7 +130,7 @@ def create_model(
     if state is not None:
         import warnings
 
-        from .transfer.weights import WeightsError, load_into
+        from .weights_io import WeightsError, load_into
 
         new_head = source_classes is not None and num_classes != source_classes
         try:
@@ -143,9 +143,12 @@ def create_model(
         model.pretrained_meta = meta
         model.load_report = report
     if features_only:
-        from .transfer.features import FeatureExtractor
+        from .models.features import FeatureExtractor
 
-        return FeatureExtractor(model, out_indices)
+        extractor = FeatureExtractor(model, out_indices)
+        if state is not None:  # resnets.transforms_for(extractor) reads the weights' preprocessing
+            extractor.pretrained_meta = meta
+        return extractor
     return model
 
 
@@ -153,7 +156,7 @@ def load_model(weights: str, model: str | None = None, **kwargs) -> nn.Module:
     """Rebuild the model a weights file was made for: its name comes from the file's metadata
     (or ``model``, which must agree), its architecture arguments and classes too. The model is in
     eval mode; ``model.pretrained_meta`` holds the metadata (classes, mean, std, metrics...)."""
-    from .transfer.weights import WeightsError, read_metadata_only
+    from .weights_io import WeightsError, read_metadata_only
 
     path = str(weights)
     if model is None:

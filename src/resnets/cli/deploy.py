@@ -63,8 +63,8 @@ def run_prune(args) -> int:
 # ---- explain ----------------------------------------------------------------------------------
 
 def run_explain(args) -> int:
-    from ..deploy.api import normalization, open_model_split
-    from ..deploy.data import load_files, normalize
+    from ..data import load_files
+    from ..deploy.api import preprocessing_for
     from ..deploy.gradcam import default_target_layer, grad_cam, save_overlays
     from ..deploy.weights import load_model
 
@@ -73,25 +73,13 @@ def run_explain(args) -> int:
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"image not found: {p}")
-    size = loaded.input_size[1:]
     layer = args.layer or default_target_layer(loaded.model)
-    fallback, own = None, None
-    if not (args.mean or loaded.mean):
-        if args.data:
-            split = open_model_split(loaded, _data(args), lambda m: _say(args, m))
-            fallback = (split.mean, split.std, f"the training part of {split.root}")
-        else:
-            from ..data import compute_normalization
-
-            own = load_files(paths, size)
-            fallback = (*compute_normalization(own), f"statistics of the {len(own)} images")
-            _say(args, "note: no --mean/--std, metadata or --data: normalising with the given images' own statistics")
-    mean, std, source = normalization(loaded, _data(args), fallback)
+    prep, source = preprocessing_for(loaded, _data(args))  # the weights' own; nothing is guessed (issue 14)
     written, rows = [], []
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start:start + args.batch_size]
-        images = load_files(chunk, size)
-        heatmaps, classes, logits = grad_cam(loaded.model, normalize(images, mean, std), args.target_class, layer)
+        images = load_files(chunk, prep)
+        heatmaps, classes, logits = grad_cam(loaded.model, prep.normalize(images), args.target_class, layer)
         probs = logits.softmax(1)
         written += save_overlays(images, heatmaps, args.out, [str(p) for p in chunk], scale=args.scale)
         for p, c, pr in zip(chunk, classes.tolist(), probs, strict=True):
@@ -100,7 +88,7 @@ def run_explain(args) -> int:
     for row, path in zip(rows, written, strict=True):
         row["overlay"] = str(path)
         _say(args, f"{row['image']}: {row['class_name']} ({100 * row['probability']:.1f}%) -> {path}")
-    _say(args, f"Grad-CAM at {layer}, mean/std from {source}; {len(written)} overlays in {args.out}")
+    _say(args, f"Grad-CAM at {layer}, preprocessing from {source}; {len(written)} overlays in {args.out}")
     if args.json:
         print(json.dumps(rows, indent=2))
     return 0
@@ -109,8 +97,8 @@ def run_explain(args) -> int:
 # ---- bench infer ------------------------------------------------------------------------------
 
 def run_bench_infer(args) -> int:
+    from ..data import data_dir
     from ..deploy.bench import bench_infer
-    from ..deploy.data import data_dir
 
     variants = tuple(args.variants.split(",")) if args.variants else None
     report = bench_infer(args.model, args.size, args.batch, args.iters, args.warmup, variants, data_dir(args.data),
@@ -127,8 +115,10 @@ def _common(parser, data: bool = True) -> None:
     parser.add_argument("--model", help="zoo name (optional when the weights' metadata names it)")
     parser.add_argument("--weights", help=".safetensors (with metadata) or .pt/.pth state dict")
     parser.add_argument("--num-classes", type=int, help="classifier size when the weights do not say")
-    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean")
-    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std")
+    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="normalisation mean (default: the weights' preprocessing)")
+    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="normalisation std (default: the weights' preprocessing)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     if data:
         parser.add_argument("--data", help="image folder <DIR>/<class>/<image> or CIFAR archive folder (default: "
@@ -185,7 +175,6 @@ def register(subparsers) -> None:
     p.add_argument("--class", dest="target_class", type=int, help="explain this class (default: the prediction)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--scale", type=int, default=4, help="enlarge overlays by this factor (32x32 is tiny)")
-    p.add_argument("--data", help="image folder whose statistics normalise the input when nothing else does")
     p.set_defaults(func=run_explain)
 
     from ..deploy.bench import DEFAULT_VARIANTS, VARIANTS  # the names only: torch is imported already

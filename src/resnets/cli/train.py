@@ -8,11 +8,13 @@ from pathlib import Path
 
 from . import UsageError
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+# The recipes ship inside the package (resnets/configs; the checkout's configs/ links there), so
+# `resnets train --config cifar10_paper` works from a wheel install too.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _config_path(name: str | None) -> Path | None:
-    """A config file path, or the name of a recipe in configs/ (``quickstart`` -> configs/quickstart.yaml)."""
+    """A config file path, or the name of a shipped recipe (``quickstart`` -> resnets/configs/quickstart.yaml)."""
     if name is None:
         return None
     path = Path(name)
@@ -55,10 +57,14 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     from ..train import evaluate
 
-    out = Path(args.confusion) if args.confusion else Path(args.weights).with_suffix(".confusion.png")
+    # Nothing is written unless asked for: --confusion PNG, --out JSON.
     result = evaluate(args.weights, args.data, model=args.model, tta=args.tta, batch_size=args.batch_size,
-                      device=args.device, split=args.split, confusion_png=out, holdout=args.holdout,
+                      device=args.device, split=args.split, confusion_png=args.confusion, holdout=args.holdout,
                       val_size=args.val_size, split_seed=args.split_seed)
+    if args.out:
+        from ..weights_io import atomic_write
+
+        atomic_write(args.out, (json.dumps(result, indent=2) + "\n").encode())
     if args.json:
         print(json.dumps({"top1": result["top1"], "top5": result["top5"], "n": result["n"]}))
         return 0
@@ -66,7 +72,10 @@ def run_eval(args) -> int:
           f"{' (flip TTA)' if args.tta == 'flip' else ''}")
     for name, acc in result["per_class"].items():
         print(f"  {name:>14}  {'-' if acc is None else f'{acc:.4f}'}")
-    print(f"confusion matrix: {out}")
+    if args.confusion:
+        print(f"confusion matrix: {args.confusion}")
+    if args.out:
+        print(f"result: {args.out}")
     return 0
 
 
@@ -107,7 +116,8 @@ def register(subparsers) -> None:
     p.add_argument("--split-seed", type=int, help="with --holdout: seed of the split (default: the recipe's)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--confusion", metavar="PNG", help="confusion-matrix image (default: beside the weights)")
+    p.add_argument("--confusion", metavar="PNG", help="write the confusion-matrix image there")
+    p.add_argument("--out", metavar="JSON", help="write the whole result (per-class accuracy, confusion matrix) there")
     p.add_argument("--json", action="store_true", help='print {"top1", "top5", "n"} as JSON')
     p.set_defaults(func=run_eval)
 

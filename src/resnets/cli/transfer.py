@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 from . import UsageError
@@ -12,23 +12,19 @@ def run_features(args) -> int:
     import numpy as np
 
     from ..train.evaluate import extract_features
+    from ..weights_io import atomic_write
 
     out = Path(args.out)
     if out.suffix != ".npy":
         raise UsageError(f"--out must end in .npy; got {out}")
     features, paths = extract_features(args.weights, args.images, model=args.model, device=args.device,
                                        batch_size=args.batch_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
     listing = out.with_suffix(".files.txt")
-    # Both files appear whole or not at all: written beside, then renamed into place.
-    tmp_npy, tmp_txt = out.with_name(f".{out.name}.tmp{os.getpid()}"), listing.with_name(f".{listing.name}.tmp")
-    with open(tmp_npy, "wb") as f:
-        np.save(f, features)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp_txt.write_text("".join(f"{p}\n" for p in paths))
-    os.replace(tmp_txt, listing)
-    os.replace(tmp_npy, out)
+    buffer = io.BytesIO()
+    np.save(buffer, features)
+    # Each file appears whole or not at all; the listing first, so a present .npy has its rows named.
+    atomic_write(listing, "".join(f"{p}\n" for p in paths).encode("utf-8", "surrogateescape"))
+    atomic_write(out, buffer.getbuffer())
     print(f"{features.shape[0]} images x {features.shape[1]} features -> {out} (files listed in {listing})")
     return 0
 

@@ -8,18 +8,32 @@ deterministic order that survives resuming and distributed training.
 
 from .cifar import CifarUnpickler, UnsafePickleError, download_cifar, read_cifar, write_cifar_archive
 from .describe import describe_dataset, fingerprint, portable_recipe
-from .folder import read_class_map, resolve_classes, verify_folder, write_class_map
+from .folder import read_class_map, resolve_classes, verify_folder
 from .images import BadFile, BadImageError, BadImageWarning, load_image
 from .info import DatasetInfo, compute_normalization
 from .loader import BatchLoader, FolderLoader, build_transforms, make_loader
 from .order import BatchPlan, epoch_permutation
 from .sources import DataError, FolderDataset, open_dataset, split_train_val
+from .split import (
+    DataSplit,
+    NoHeldOutImages,
+    balanced_indices,
+    data_dir,
+    holdout_split,
+    load_files,
+    open_split,
+    sample_data_dir,
+    sample_images,
+    split_settings,
+)
 from .tensor_dataset import TensorImageDataset
 
 __all__ = [
     "BadFile", "BadImageError", "BadImageWarning", "BatchLoader", "BatchPlan", "CifarUnpickler", "DataError",
-    "DatasetInfo", "describe_dataset", "fingerprint", "portable_recipe", "FolderDataset", "FolderLoader", "TensorImageDataset", "UnsafePickleError", "build_transforms",
-    "compute_normalization", "download_cifar", "epoch_permutation", "load_image", "make_loader", "open_dataset",
-    "read_cifar", "read_class_map", "resolve_classes", "split_train_val", "verify_folder", "write_cifar_archive",
-    "write_class_map",
+    "DataSplit", "DatasetInfo", "FolderDataset", "FolderLoader", "NoHeldOutImages", "TensorImageDataset",
+    "UnsafePickleError", "balanced_indices", "build_transforms", "compute_normalization", "data_dir",
+    "describe_dataset", "download_cifar", "epoch_permutation", "fingerprint", "holdout_split", "load_files",
+    "load_image", "make_loader", "open_dataset", "open_split", "portable_recipe", "read_cifar", "read_class_map",
+    "resolve_classes", "sample_data_dir", "sample_images", "split_settings", "split_train_val", "verify_folder",
+    "write_cifar_archive",
 ]

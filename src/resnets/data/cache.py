@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import PIL
@@ -41,42 +40,15 @@ def fingerprint(root: Path, samples: list[tuple[str, int]], classes: list[str], 
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A crash or a second process (several DDP ranks building the same cache) can then never
-    leave a half-written file under the final name: readers see the old file or the new one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
 def save(path: Path, images: torch.Tensor, labels: torch.Tensor, meta: dict) -> None:
     from safetensors.torch import save as st_save
 
+    from ..weights_io import atomic_write
+
+    # Atomic: several DDP ranks may build the same cache; readers see the old file or the new one.
     data = st_save({"images": images.contiguous(), "labels": labels.contiguous()},
                    metadata={"resnets": json.dumps(meta)})
-    atomic_write_bytes(path, data)
+    atomic_write(path, data)
 
 
 def load(path: Path):

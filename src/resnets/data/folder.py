@@ -69,13 +69,6 @@ def class_map_order(mapping, where: str = "class_map") -> list[str]:
     return names
 
 
-def write_class_map(path, classes: list[str]) -> None:
-    """Write the class order as a JSON list (index = label), atomically."""
-    from .cache import atomic_write_bytes
-
-    atomic_write_bytes(Path(path), (json.dumps(list(classes), indent=1) + "\n").encode("utf-8"))
-
-
 def resolve_classes(root: Path, class_map=None) -> list[str]:
     """Class names in label order for an image folder.
 

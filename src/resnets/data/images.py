@@ -121,11 +121,6 @@ def load_image(path) -> Image.Image:
     return decode_image(read_bytes(path), path)
 
 
-def load_array(path) -> np.ndarray:
-    """An image file as a uint8 (H, W, 3) array (see :func:`load_image`)."""
-    return np.asarray(load_image(path))
-
-
 def image_size(path) -> tuple[int, int] | None:
     """(H, W) from the header alone, after EXIF rotation; None when the header is unreadable."""
     try:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 
 from ..errors import InputError
+from ..preprocessing import Preprocessing
 from .images import BadImageWarning
 from .info import DatasetInfo
 from .order import BatchPlan, derive_seed, generator
@@ -148,6 +149,11 @@ class BatchLoader(_Position):
     def __len__(self) -> int:
         return len(self.plan)
 
+    def preprocessing(self) -> Preprocessing:
+        """What inference must do to match these batches: the whole image at the set's size (the
+        random pad-crop and flip are training-only), normalised with this loader's statistics."""
+        return Preprocessing.whole_image((self.height, self.width), self.info.mean, self.info.std)
+
     def _draw(self, batch) -> dict[str, torch.Tensor]:
         """Random crop offsets, flips and cutout centres for the global batch, sliced for this rank."""
         g = generator(self.seed, "augment", self.epoch, batch.index)
@@ -215,10 +221,14 @@ def build_transforms(train: bool, info: DatasetInfo, image_size: int = 224, *, r
 
     Training: RandomResizedCrop + flip (the ImageNet recipe of He et al. 2015, sec. 3.4, as
     torchvision implements it), optional RandAugment / TrivialAugmentWide, RandomErasing.
-    Evaluation: resize the shorter side to ``resize_size`` (default 256/224 of the crop), centre crop.
+    Evaluation: resize the shorter side to ``resize_size`` (default 256/224 of the crop), centre crop:
+    :class:`resnets.preprocessing.Preprocessing`, the one inference transform.
     """
     from torchvision.transforms import v2
 
+    if not train:
+        evaluation = Preprocessing.center_crop(image_size, info.mean, info.std, resize_size)
+        return evaluation if normalize else _Unnormalized(evaluation)
     ops = []
     if train:
         ops.append(v2.RandomResizedCrop(image_size, antialias=True))
@@ -230,14 +240,22 @@ def build_transforms(train: bool, info: DatasetInfo, image_size: int = 224, *, r
             ops.append(v2.TrivialAugmentWide())
         elif auto_augment is not None:
             raise InputError(f"auto_augment must be 'randaugment', 'trivialaugment' or None, not {auto_augment!r}")
-    else:
-        ops += [v2.Resize(resize_size or round(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size)]
     ops += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
     if normalize:
         ops.append(v2.Normalize(list(info.mean), list(info.std)))
     if train and random_erasing > 0:
         ops.append(v2.RandomErasing(p=random_erasing))
     return v2.Compose(ops)
+
+
+class _Unnormalized:
+    """Resized and cropped pixels scaled to [0, 1], not normalised (picklable, for DataLoader workers)."""
+
+    def __init__(self, preprocessing: Preprocessing):
+        self.preprocessing = preprocessing
+
+    def __call__(self, image):
+        return self.preprocessing.resize(image).float().div_(255)
 
 
 def _collate(items):
@@ -313,6 +331,7 @@ class FolderLoader(_Position):
         self.info = info or dataset.info
         self.train = train
         self.seed = seed
+        self.image_size = int(image_size)
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.dtype = dtype
@@ -338,6 +357,13 @@ class FolderLoader(_Position):
 
     def __len__(self) -> int:
         return len(self.plan)
+
+    def preprocessing(self) -> Preprocessing:
+        """What inference must do to match: a network trained on random-resized crops of
+        ``image_size`` is evaluated on the shorter side resized to 256/224 of it, centre-cropped."""
+        if isinstance(self.dataset.transform, Preprocessing):  # an evaluation loader: its own transform
+            return self.dataset.transform
+        return Preprocessing.center_crop(self.image_size, self.info.mean, self.info.std)
 
     def __iter__(self):
         start = self._begin()

@@ -9,13 +9,15 @@ prints as the command does and serialises with ``to_dict()`` (what ``--json`` pr
     report.drop, report.to_dict()
 
 Real images come from the training engine's own train/validation split of ``data``
-(:mod:`resnets.deploy.data`): accuracy is measured on the held-out part, calibration and
-fine-tuning use the train part. Input normalisation is taken from, in order: ``mean``/``std``, the
-weights' metadata, or the statistics of the split's train part (CIFAR's own, never ImageNet's).
+(:mod:`resnets.data.split`): accuracy is measured on the held-out part, calibration and
+fine-tuning use the train part. Images are preprocessed as the weights say
+(:mod:`resnets.preprocessing`, issue 14); ``mean``/``std`` replace the weights' normalisation, and
+weights without any are refused with the missing key named.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..preprocessing import Preprocessing
 from .weights import LoadedModel, load_model
 
 SUFFIX_FORMATS = {".onnx": "onnx", ".pt2": "pt2", ".pt": "torchscript", ".ts": "torchscript"}
@@ -49,8 +52,8 @@ def _quiet(_message: str) -> None:
 
 
 def open_model_split(loaded: LoadedModel, choice: DataChoice, log: Log):
-    """The training engine's train/validation split of the data (see :mod:`resnets.deploy.data`)."""
-    from .data import data_dir, open_split
+    """The training engine's train/validation split of the data (see :mod:`resnets.data.split`)."""
+    from ..data import data_dir, open_split
 
     root = data_dir(choice.data, loaded.metadata)
     if root is None:
@@ -62,34 +65,33 @@ def open_model_split(loaded: LoadedModel, choice: DataChoice, log: Log):
     return split
 
 
-def normalization(loaded: LoadedModel, choice: DataChoice, fallback=None) -> tuple[tuple, tuple, str]:
-    """(mean, std, where from): ``choice.mean/std``, else the weights' metadata, else ``fallback``."""
-    if choice.mean or choice.std:
-        if not (choice.mean and choice.std) or len(choice.mean) != 3 or len(choice.std) != 3:
-            raise InputError("--mean and --std take three values each (R G B, pixels in [0, 1])")
-        return tuple(choice.mean), tuple(choice.std), "--mean/--std"
-    if loaded.mean and loaded.std:
-        return loaded.mean, loaded.std, "the weights' metadata"
-    if fallback is None:
-        raise InputError("no normalisation known: pass --mean/--std or weights with metadata")
-    return fallback
-
-
-def split_normalization(loaded: LoadedModel, choice: DataChoice, split) -> tuple[tuple, tuple, str]:
-    return normalization(loaded, choice, (split.mean, split.std, f"the training part of {split.root}"))
+def preprocessing_for(loaded: LoadedModel, choice: DataChoice) -> tuple[Preprocessing, str]:
+    """(preprocessing, where from): the weights' own, with ``choice.mean/std`` replacing its
+    normalisation; weights without any: the whole image at the model's input size normalised by
+    ``choice.mean/std``, else an error naming the missing key (nothing is guessed, issue 14)."""
+    given = choice.mean or choice.std
+    if given and (not (choice.mean and choice.std) or len(choice.mean) != 3 or len(choice.std) != 3):
+        raise InputError("--mean and --std take three values each (R G B, pixels in [0, 1])")
+    if loaded.preprocessing is not None:
+        if given:
+            return loaded.preprocessing.with_normalization(choice.mean, choice.std), "the weights, --mean/--std"
+        return loaded.preprocessing, "the weights' metadata"
+    if given:
+        return Preprocessing.whole_image(loaded.input_size[1:], choice.mean, choice.std), "--mean/--std"
+    raise InputError(loaded.preprocessing_error)
 
 
 def _samples(loaded: LoadedModel, choice: DataChoice, n_train: int, n_val: int, log: Log):
-    """Normalised (train, train labels, val, val labels) tensors, the split, and a line saying where from."""
-    from .data import normalize, take
+    """Normalised (train, train labels, val, val labels) tensors, the split, the preprocessing and a
+    line saying where they came from."""
+    from ..data import sample_images
 
     split = open_model_split(loaded, choice, log)
-    size = loaded.input_size[1:]
-    mean, std, source = split_normalization(loaded, choice, split)
-    train_u8, train_y = take(split.train, n_train, size, seed=0)
-    val_u8, val_y = take(split.val, n_val, size, seed=1)
-    return (normalize(train_u8, mean, std), train_y, normalize(val_u8, mean, std), val_y, split,
-            f"mean/std from {source}; {split.describe()}")
+    prep, source = preprocessing_for(loaded, choice)
+    train_u8, train_y = sample_images(split.train, n_train, prep, seed=0)
+    val_u8, val_y = sample_images(split.val, n_val, prep, seed=1)
+    return (prep.normalize(train_u8), train_y, prep.normalize(val_u8), val_y, split, prep,
+            f"preprocessing from {source} ({prep.describe()}); {split.describe()}")
 
 
 def latency_ms(model, size, iters: int = 10) -> float:
@@ -158,7 +160,7 @@ def export_model(model: str | None, weights: str | Path | None = None, *, out: s
                  data: DataChoice | None = None, num_classes: int | None = None, log: Log = _quiet) -> ExportReport:
     """Export to ONNX, TorchScript or PT2 (format from ``out``'s suffix unless given); an ONNX file is
     checked against PyTorch with onnxruntime on real held-out images (random ones without data)."""
-    from .data import data_dir, normalize, take
+    from ..data import data_dir, sample_images
     from .export import compare, export, load_exported
 
     choice = data or DataChoice()
@@ -172,10 +174,13 @@ def export_model(model: str | None, weights: str | Path | None = None, *, out: s
     if fmt == "onnx" and check:
         if data_dir(choice.data, loaded.metadata) is not None:
             split = open_model_split(loaded, choice, report.notes.append)
-            images, _ = take(split.val, check_images, shape[1:], seed=1)
-            mean, std, source = split_normalization(loaded, choice, split)
-            inputs = normalize(images, mean, std)
-            what = f"{len(images)} real validation images from {split.root} (mean/std from {source})"
+            prep, source = preprocessing_for(loaded, choice)
+            if size:  # exported for another size: the same preprocessing, scaled to it
+                resize = (size, size) if prep.crop == "none" else (round(size * 256 / 224),)
+                prep = dataclasses.replace(prep, input_size=(size, size), resize_size=resize)
+            images, _ = sample_images(split.val, check_images, prep, seed=1)
+            inputs = prep.normalize(images)
+            what = f"{len(images)} real validation images from {split.root} (preprocessing from {source})"
             report.split = split.to_dict()
         else:
             inputs, what = torch.randn(check_images, *shape), f"{check_images} random inputs (no --data)"
@@ -241,7 +246,7 @@ def quantize_model(model: str | None, weights: str | Path | None = None, *, data
 
     choice = data or DataChoice()
     loaded = load_model(model, weights, num_classes)
-    train, train_y, val_x, val_y, split, norm = _samples(loaded, choice, max(calibration, qat_images), val, log)
+    train, train_y, val_x, val_y, split, prep, norm = _samples(loaded, choice, max(calibration, qat_images), val, log)
     log(f"{loaded.name}: {len(train)} calibration / {len(val_x)} validation images, {norm}")
     calib = train[:calibration]
     start = time.perf_counter()
@@ -318,7 +323,7 @@ def prune_model(model: str | None, weights: str | Path | None = None, *, method:
             raise InputError(f"--out must end in .safetensors, .pt2, .onnx or .pt; got {out_path.name}")
     choice = data or DataChoice()
     loaded = load_model(model, weights, num_classes)
-    train, train_y, val_x, val_y, split, norm = _samples(loaded, choice, train_images, val, log)
+    train, train_y, val_x, val_y, split, prep, norm = _samples(loaded, choice, train_images, val, log)
     log(f"{loaded.name}: {len(train)} fine-tuning / {len(val_x)} validation images, {norm}")
     size = loaded.input_size
 
@@ -338,12 +343,18 @@ def prune_model(model: str | None, weights: str | Path | None = None, *, method:
     saved = None
     if out_path is not None:
         if out_path.suffix == ".safetensors":
-            from safetensors.torch import save_file
+            from ..weights_io import export_weights
 
-            meta = {"model": json.dumps(loaded.name)}
-            if loaded.mean:
-                meta.update(mean=json.dumps(loaded.mean), std=json.dumps(loaded.std))
-            save_file({k: v.contiguous() for k, v in pruned.state_dict().items()}, str(out_path), metadata=meta)
+            # Everything the source weights carried (builder arguments, classes, recipe, preprocessing),
+            # so the file reloads with create_model/load_model like any other (issue 14).
+            meta = {**{k: v for k, v in loaded.metadata.items() if k != "format"}, "model": loaded.name,
+                    "image_size": list(size),
+                    "preprocessing": prep.to_metadata(), "mean": list(prep.mean), "std": list(prep.std),
+                    "metrics": {"val_top1": after.top1 / 100, "val_images": len(val_y)},
+                    "pruning": {"method": method, "ratio": ratio, "sparsity": after.sparsity,
+                                "fine_tune_epochs": epochs, "from": Path(str(weights)).name if weights else None,
+                                **split.to_dict()}}
+            export_weights(out_path, pruned.state_dict(), meta)
         else:
             from .export import export
 

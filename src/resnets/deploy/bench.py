@@ -128,14 +128,16 @@ def _torchvision_model(name: str) -> nn.Module | None:
 
 def _calibration(size: int, n: int, data_dir: str | Path | None) -> tuple[Tensor, str]:
     """Real images from the training part of the engine's split (resized to ``size``, normalised
-    with that part's statistics) when a dataset is given, else Gaussian noise; the timing does not
-    depend on which, the int8 accuracy would."""
+    with that part's statistics: the benchmarked models carry no weights) when a dataset is given,
+    else Gaussian noise; the timing does not depend on which, the int8 accuracy would."""
     if data_dir is not None and Path(data_dir).exists():
-        from .data import normalize, open_split, take
+        from ..data import open_split, sample_images
+        from ..preprocessing import Preprocessing
 
         split = open_split(data_dir)
-        images, _ = take(split.train, n, (size, size))
-        return normalize(images, split.mean, split.std), "real images"
+        prep = Preprocessing.whole_image((size, size), split.train.info.mean, split.train.info.std)
+        images, _ = sample_images(split.train, n, prep)
+        return prep.normalize(images), "real images"
     return torch.randn(n, 3, size, size), "random inputs"
 
 

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from ..errors import InputError
 
 FORMATS = ("onnx", "torchscript", "pt2")
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 # torch.export needs a finite range; 1 is allowed because Dim(min=2) specialises batch-1 calls away.
 MAX_BATCH = 4096
 

@@ -1,11 +1,11 @@
 """Building a model from ``--model NAME`` and an optional ``--weights FILE``.
 
 A thin layer over the project's shared loader, :func:`resnets.load_model` /
-:func:`resnets.create_model` (built on :func:`resnets.transfer.weights.read_weights`): safe reading
+:func:`resnets.create_model` (built on :func:`resnets.weights_io.read_weights`): safe reading
 of ``.safetensors`` with metadata, ``.pt``/``.pth`` state dicts (``weights_only``), training
 checkpoints (EMA weights preferred), shipped weight tags, ``module.``/``_orig_mod.`` prefixes and
 timm names, strict loading with a readable report. What the deployment commands need besides the
-model (name, input size, classes, normalisation, the training recipe) is gathered here from the
+model (name, input size, classes, preprocessing, the training recipe) is gathered here from the
 weights' metadata (``model.pretrained_meta``) and the registry entry.
 """
 
@@ -18,9 +18,10 @@ from typing import Any
 from torch import nn
 
 from ..errors import InputError
+from ..preprocessing import Preprocessing, PreprocessingError
 from ..registry import create_model, model_entry
 from ..registry import load_model as load_weights_model
-from ..transfer.weights import WeightsError
+from ..weights_io import WeightsError
 
 
 @dataclass
@@ -29,9 +30,17 @@ class LoadedModel:
     name: str
     input_size: tuple[int, int, int]
     classes: list[str] | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
+    preprocessing: Preprocessing | None = None  # None: the weights carry none (see preprocessing_error)
     metadata: dict[str, Any] = field(default_factory=dict)
+    preprocessing_error: str = ""  # why there is none: the key that is missing and how to supply it
+
+    @property
+    def mean(self) -> tuple[float, ...] | None:
+        return self.preprocessing.mean if self.preprocessing else None
+
+    @property
+    def std(self) -> tuple[float, ...] | None:
+        return self.preprocessing.std if self.preprocessing else None
 
 
 def load_model(name: str | None, weights: str | Path | None = None, num_classes: int | None = None) -> LoadedModel:
@@ -55,9 +64,13 @@ def load_model(name: str | None, weights: str | Path | None = None, num_classes:
         if num_classes is not None and held is not None and num_classes != held:
             raise WeightsError(f"--num-classes {num_classes}, but {weights} holds a {held}-class classifier")
     model.eval()
-    size = meta.get("image_size") or model_entry(name).input_size
-    classes, mean, std = meta.get("classes"), meta.get("mean"), meta.get("std")
-    return LoadedModel(
-        model, name, (int(size[0]), int(size[1]), int(size[2])), list(classes) if classes else None,
-        tuple(float(v) for v in mean) if mean else None, tuple(float(v) for v in std) if std else None, meta,
-    )
+    preprocessing, why = None, ""
+    try:
+        preprocessing = Preprocessing.from_metadata(meta, str(weights) if weights is not None else name)
+    except PreprocessingError as exc:
+        why = str(exc)
+    channels = model_entry(name).input_size[0]
+    size = (channels, *preprocessing.input_size) if preprocessing else model_entry(name).input_size
+    classes = meta.get("classes")
+    return LoadedModel(model, name, tuple(int(v) for v in size), list(classes) if classes else None, preprocessing,
+                       meta, why)

@@ -112,6 +112,7 @@ class ModelInfo(BaseModel):
     input_size: list[int]
     mean: list[float] | None
     std: list[float] | None
+    preprocessing: dict[str, Any]  # the weights' record (resnets.preprocessing): size, resize, crop, mean/std
     metrics: dict[str, Any]
     weights: str
     sha256: str
@@ -241,7 +242,7 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
         stop = threading.Event()  # read by the decoding thread: set when the answer no longer matters
 
         def prepare(found):
-            decoded = decode_all(found, service.meta, max_pixels, max_request_pixels, stop)
+            decoded = decode_all(found, service.preprocessing, max_pixels, max_request_pixels, stop)
             return decoded, service.inputs([d.array for d in decoded])
 
         try:
@@ -288,7 +289,7 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
         stop = threading.Event()
 
         def work(found):
-            (decoded,) = decode_all(found, service.meta, max_pixels, max_request_pixels, stop)
+            (decoded,) = decode_all(found, service.preprocessing, max_pixels, max_request_pixels, stop)
             if stop.is_set():
                 raise Stopped("stopped before Grad-CAM")
             return service.explain(decoded.array, index, scale)

@@ -9,8 +9,9 @@ image is decoded, so a request of 256 large PNGs (issue 15: each within ``--max-
 minutes of CPU) is refused without decoding any of them. Decoding stops between images when the
 request's deadline passes or its client goes away (``stop``).
 Decoding and mode conversion (grayscale, palette, RGBA, CMYK, 16-bit) are the project's own
-(:func:`resnets.data.images.decode_with_mode`), and preprocessing is ``resnets predict``'s
-(:func:`resnets.train.evaluate.resize_for_model`), so the server and the command line agree.
+(:func:`resnets.data.images.decode_with_mode`), and preprocessing is the weights' own
+(:class:`resnets.preprocessing.Preprocessing`, as in ``resnets predict``), so the server and the
+command line agree.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from ..data.images import BadImageError, decode_with_mode
-from ..train.evaluate import resize_for_model
+from ..preprocessing import Preprocessing
 from .errors import ApiError, overloaded
 
 
@@ -48,7 +49,7 @@ class Decoded:
     width: int
     height: int
     mode: str  # the file's own mode ("L", "P", "CMYK", "I;16"...), before conversion to RGB
-    array: np.ndarray  # uint8 (H, W, 3) at the model's input size
+    array: np.ndarray  # uint8 (H, W, 3) at the model's input size, resized and cropped as the weights say
 
 
 class Stopped(Exception):
@@ -231,17 +232,18 @@ def check_request_pixels(found: list[Upload], max_pixels: int, max_request_pixel
     return total
 
 
-def decode(upload: Upload, meta: dict, max_pixels: int) -> Decoded:
+def decode(upload: Upload, preprocessing: Preprocessing, max_pixels: int) -> Decoded:
     check_pixels(upload, max_pixels)
     try:
         image, mode = decode_with_mode(upload.data, upload.label)
     except BadImageError as exc:
         raise ApiError(400, "bad_image", f"{upload.label}: {exc.reason}") from None
-    return Decoded(upload, image.width, image.height, mode, resize_for_model(image, meta))
+    array = preprocessing.resize(image).permute(1, 2, 0).numpy()
+    return Decoded(upload, image.width, image.height, mode, array)
 
 
-def decode_all(found: list[Upload], meta: dict, max_pixels: int, max_request_pixels: int | None = None,
-               stop: threading.Event | None = None) -> list[Decoded]:
+def decode_all(found: list[Upload], preprocessing: Preprocessing, max_pixels: int,
+               max_request_pixels: int | None = None, stop: threading.Event | None = None) -> list[Decoded]:
     """Every upload decoded (runs in a worker thread: decoding is CPU work). ``stop`` is looked at
     before each image: a request past its deadline, or whose client left, costs at most the image
     being decoded (itself bounded by ``max_pixels``)."""
@@ -250,5 +252,5 @@ def decode_all(found: list[Upload], meta: dict, max_pixels: int, max_request_pix
     for upload in found:
         if stop is not None and stop.is_set():
             raise Stopped(f"stopped before {upload.label}")
-        out.append(decode(upload, meta, max_pixels))
+        out.append(decode(upload, preprocessing, max_pixels))
     return out

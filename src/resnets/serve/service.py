@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..train.evaluate import to_model_input
+from ..preprocessing import PreprocessingError
 
 # Grad-CAM overlays are enlarged to at least this short side by default (32x32 is too small to see).
 EXPLAIN_MIN_SIDE = 224
@@ -28,11 +28,13 @@ class ModelService:
         from ..pretrained import available, resolve, sha256_of
 
         loaded = load_model(model, weights)
+        if loaded.preprocessing is None:  # nothing to guess from: refuse to start
+            raise PreprocessingError(loaded.preprocessing_error)
+        self.preprocessing = loaded.preprocessing
         self.name = loaded.name
         self.device = torch.device(device)
         self.model = loaded.model.to(self.device).eval()
-        # What preprocessing reads (resnets.train.evaluate): the weights' metadata, sized as loaded.
-        self.meta = {**loaded.metadata, "image_size": list(loaded.input_size)}
+        self.meta = dict(loaded.metadata)
         self.input_size = list(loaded.input_size)
         num_classes = getattr(self.model, "num_classes", None) or len(loaded.classes or ())
         self.classes = list(loaded.classes or (str(i) for i in range(num_classes)))
@@ -54,12 +56,13 @@ class ModelService:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "classes": self.classes, "num_classes": self.num_classes,
-                "input_size": self.input_size, "mean": self.mean, "std": self.std, "metrics": self.metrics,
+                "input_size": self.input_size, "mean": self.mean, "std": self.std,
+                "preprocessing": self.preprocessing.to_metadata(), "metrics": self.metrics,
                 "weights": self.weights, "sha256": self.sha256, "parameters": self.parameters}
 
     def inputs(self, arrays: list[np.ndarray]) -> torch.Tensor:
         """Normalised model input from :func:`resnets.serve.inputs.decode` arrays."""
-        return to_model_input(arrays, self.meta)
+        return self.preprocessing.normalize(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, num_classes) on the CPU; called from the batcher's thread."""

@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import InputError
 from ..registry import model_entry
 from ..train import Config, StepInfo, train
-from ..train.checkpoint import atomic_write
+from ..weights_io import atomic_write
 
 DEFAULT_MODELS = ("plain20", "plain56", "resnet20", "resnet56")
 # Written in each model's run folder once it has trained: a re-run of the study reuses it.
@@ -151,16 +151,16 @@ def degradation_study(
         histories[name] = result.history
         gradients[name] = {"layers": recorder.names, "history": recorder.history}
         record = {"schedule": schedule_of, "history": result.history, "gradients": gradients[name]}
-        atomic_write(out_dir / name / STUDY_RECORD, lambda f, r=record: f.write(json.dumps(r).encode()))
+        atomic_write(out_dir / name / STUDY_RECORD, json.dumps(record).encode())
     (out_dir / "gradients.json").write_text(json.dumps(gradients))
     with open(out_dir / "curves.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["model", "epoch", "train_error", "val_error"])
         for name, rows in histories.items():
             for row in rows:
-                writer.writerow([name, row["epoch"], 1 - row["train_acc"], 1 - row.get("val_acc", float("nan"))])
+                writer.writerow([name, row["epoch"], 1 - row["train_top1"], 1 - row.get("val_top1", float("nan"))])
     figures = [plot_curves(histories, out_dir / "curves.png"), plot_gradients(gradients, out_dir / "gradients.png")]
-    final = {n: {"train_error": 1 - h[-1]["train_acc"], "val_error": 1 - h[-1].get("val_acc", float("nan"))}
+    final = {n: {"train_error": 1 - h[-1]["train_top1"], "val_error": 1 - h[-1].get("val_top1", float("nan"))}
              for n, h in histories.items()}
     report = write_report(out_dir, final, gradients, full=full, epochs=epochs, limit=limit, data=data,
                           warmup=warmup, batch_size=batch_size, zero_init=zero_init)
@@ -208,9 +208,9 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: Path) -> Pat
             rows = histories[name]
             epochs = [r["epoch"] for r in rows]
             color = f"C{i}"
-            ax.plot(epochs, [100 * (1 - r["train_acc"]) for r in rows], "--", color=color, label=f"{name} train")
-            if "val_acc" in rows[0]:
-                ax.plot(epochs, [100 * (1 - r["val_acc"]) for r in rows], "-", color=color, label=f"{name} val")
+            ax.plot(epochs, [100 * (1 - r["train_top1"]) for r in rows], "--", color=color, label=f"{name} train")
+            if "val_top1" in rows[0]:
+                ax.plot(epochs, [100 * (1 - r["val_top1"]) for r in rows], "-", color=color, label=f"{name} val")
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -15,7 +15,9 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from ..data.split import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 from ..errors import InputError, UnknownNameError
+from ..weights_io import METRIC_ALIASES
 
 
 @dataclass
@@ -27,8 +29,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     path: str | None = None  # image folder or CIFAR archive folder; None: the sample bundled with the package
-    val_size: int = 5000  # images held out for validation (stratified); 0: no validation
-    split_seed: int = 0
+    val_size: int = DEFAULT_VAL_SIZE  # images held out for validation (stratified); 0: no validation
+    split_seed: int = DEFAULT_SPLIT_SEED
     limit: int = 0  # train on a class-balanced subset of N images after the split (0: all); for smoke runs
     crop_padding: int = 4  # random crop from a zero-padded image (He et al. 2015, sec. 4.2)
     flip: bool = True  # random horizontal flip
@@ -84,7 +86,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     seed: int = 0
-    best_metric: str = "val_acc"  # val_acc | val_loss | val_top5 | train_acc | train_loss
+    best_metric: str = "val_top1"  # val_top1 | val_loss | val_top5 | train_top1 | train_loss (top-k: fractions)
     skip_nonfinite: bool = False  # skip a batch whose loss is NaN/inf instead of stopping
     sync_bn: bool = False  # SyncBatchNorm across processes (GPU only)
     freeze_bn: bool = False  # keep BatchNorm in eval mode (running statistics frozen; affine still trains)
@@ -235,12 +237,15 @@ def set_key(config: Config, assignment: str) -> None:
 
 def validate(config: Config) -> None:
     t, o, s = config.train, config.optim, config.schedule
+    # The metrics' old names (val_acc, train_acc) still read, as the names they now have (issue 14).
+    t.best_metric = METRIC_ALIASES.get(t.best_metric, t.best_metric)
+    s.plateau_metric = METRIC_ALIASES.get(s.plateau_metric, s.plateau_metric)
     choices = {
         "optim.name": (o.name, ("sgd", "adam", "adamw", "rmsprop")),
         "schedule.name": (s.name, ("constant", "multistep", "cosine", "onecycle", "linear")),
         "schedule.unit": (s.unit, ("step", "epoch")),
         "train.precision": (t.precision, ("fp32", "bf16", "fp16")),
-        "train.best_metric": (t.best_metric, ("val_acc", "val_loss", "val_top5", "train_acc", "train_loss")),
+        "train.best_metric": (t.best_metric, ("val_top1", "val_loss", "val_top5", "train_top1", "train_loss")),
     }
     if s.plateau_metric:
         choices["schedule.plateau_metric"] = (s.plateau_metric, choices["train.best_metric"][1])

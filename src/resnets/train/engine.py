@@ -29,10 +29,11 @@ import yaml
 from torch import nn
 from torch.profiler import record_function
 
+from ..data.split import sample_data_dir
 from ..pretrained import resolve
 from ..registry import create_model
 from ..transfer.finetune import GradualUnfreezer, set_trainable, stage_names
-from ..transfer.weights import read_metadata_only
+from ..weights_io import METRIC_ALIASES, read_metadata_only
 from .checkpoint import (
     export_weights,
     load_checkpoint,
@@ -85,13 +86,6 @@ class TrainResult:
     best: float | None
     weights: Path  # final .safetensors
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def sample_data_dir() -> Path:
-    """The small CIFAR-10 sample bundled with the package (quick start without a download)."""
-    from importlib.resources import files
-
-    return Path(str(files("resnets") / "assets" / "cifar10_sample"))
 
 
 def weights_metadata(model: str, weights: str) -> dict[str, Any]:
@@ -309,7 +303,7 @@ def validate(model: nn.Module, loader, device: torch.device, autocast, world: in
     model.train(was_training)
     loss_sum, correct, correct5, n = _all_sum([loss_sum, correct, correct5, n], device, world)
     n = max(n, 1)
-    return {"val_loss": loss_sum / n, "val_acc": correct / n, "val_top5": correct5 / n}
+    return {"val_loss": loss_sum / n, "val_top1": correct / n, "val_top5": correct5 / n}
 
 
 def _new_run_dir(cfg: Config) -> Path:
@@ -444,12 +438,20 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
         model = torch.compile(model)
     eval_model = copy.deepcopy(raw_model) if ema else raw_model
 
-    meta = {"model": cfg.model.name, "model_kwargs": cfg.model.kwargs, "classes": list(info.classes),
-            "mean": list(info.mean), "std": list(info.std), "image_size": [3, 32, 32],
+    # What inference must do to see the images as training did (input size, resize, crop, mean/std;
+    # issue 14): in every checkpoint and export, read back by resnets.preprocessing.
+    preprocessing = loader.preprocessing()
+    # The builder arguments the model was really built with: a fine-tune inherits the source weights'
+    # (create_model merges them), so a shortcut="B" network stays one when the result is reloaded.
+    source_kwargs = (getattr(raw_model, "pretrained_meta", None) or {}).get("model_kwargs") or {}
+    model_kwargs = {k: v for k, v in {**source_kwargs, **cfg.model.kwargs}.items()
+                    if k not in ("num_classes", "in_chans")}
+    # The recipe describes its data by content, not by this machine's path (issue 18).
+    meta = {"model": cfg.model.name, "model_kwargs": model_kwargs, "classes": list(info.classes),
+            "mean": list(info.mean), "std": list(info.std), "image_size": [3, *preprocessing.input_size],
+            "preprocessing": preprocessing.to_metadata(),
             "recipe": portable_recipe(cfg.to_dict(), dataset, cfg.data.path, sample_data_dir())}
-    if getattr(info, "image_size", None):
-        meta["image_size"] = [3, *info.image_size][-3:] if len(info.image_size) == 2 else list(info.image_size)
-    higher_better = t.best_metric.endswith(("acc", "top5"))
+    higher_better = t.best_metric.endswith(("top1", "top5"))
 
     # ---- state, restored when resuming -----------------------------------------------------------
     step, start_epoch, start_batch, best = 0, 0, 0, None
@@ -464,7 +466,9 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
         if ema is not None and ckpt.get("ema"):
             ema.load_state_dict(ckpt["ema"])
         set_rng_state(ckpt["rng"])
-        step, best, stats, history = ckpt["step"], ckpt["best"], dict(ckpt["epoch_stats"]), list(ckpt["history"])
+        step, best, stats = ckpt["step"], ckpt["best"], dict(ckpt["epoch_stats"])
+        # Rows of a run from before the metric rename (val_acc -> val_top1) under today's names.
+        history = [{METRIC_ALIASES.get(k, k): v for k, v in row.items()} for row in ckpt["history"]]
         start_epoch, start_batch = ckpt["loader"]["epoch"], ckpt["loader"]["batch"]
         if start_batch >= batches:
             start_epoch, start_batch = start_epoch + 1, 0
@@ -590,7 +594,7 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
                 reporter.end_epoch()
                 loss_sum, correct, n = _all_sum([stats["loss"], stats["correct"], stats["n"]], device, world)
                 row = {"epoch": epoch + 1, "step": step, "lr": schedule.lr(max(step - 1, 0)),
-                       "train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1),
+                       "train_loss": loss_sum / max(n, 1), "train_top1": correct / max(n, 1),
                        "seconds": stats["seconds"], "img_per_s": n / max(stats["seconds"], 1e-9)}
                 if val_loader is not None:
                     if ema:
@@ -599,7 +603,7 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
                 history.append(row)
                 metric = row.get(t.best_metric)
                 watched = cfg.schedule.plateau_metric or t.best_metric
-                schedule.epoch_end(row.get(watched), watched.endswith(("acc", "top5")))
+                schedule.epoch_end(row.get(watched), watched.endswith(("top1", "top5")))
                 stats = {"loss": 0.0, "correct": 0.0, "n": 0.0, "seconds": 0.0}
                 improved = metric is not None and (best is None or (metric > best if higher_better else metric < best))
                 if improved:

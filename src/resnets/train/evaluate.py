@@ -1,20 +1,20 @@
 """Evaluation and prediction from exported weights (``.safetensors``) or a training checkpoint (``.pt``).
 
-Preprocessing comes from the weights' metadata (mean/std of the training pixels, input size), so
-an image is normalised exactly as during training.
+Preprocessing comes from the weights (:class:`resnets.preprocessing.Preprocessing`: input size,
+resize, crop, mean/std of the training pixels), the same for evaluation, prediction, features and
+the server, so one image gets the same probabilities from each.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..preprocessing import Preprocessing
 from ..progress import LoopProgress
 from ..registry import load_model as load_registered
 
@@ -26,28 +26,21 @@ def load_model(weights: str | Path, model: str | None = None, device: str | torc
     return net.to(device).eval(), dict(net.pretrained_meta)
 
 
-def _normalise(x_uint8: torch.Tensor, meta: dict, device) -> torch.Tensor:
-    mean = torch.tensor(meta.get("mean", (0.5, 0.5, 0.5)), device=device).view(1, 3, 1, 1)
-    std = torch.tensor(meta.get("std", (0.5, 0.5, 0.5)), device=device).view(1, 3, 1, 1)
-    return (x_uint8.to(device, torch.float32) / 255 - mean) / std
+def _preprocessing(meta: dict, weights) -> Preprocessing:
+    return Preprocessing.from_metadata(meta, str(weights))
 
 
-def _batches(ds, meta: dict, batch_size: int, device):
+def _batches(ds, prep: Preprocessing, batch_size: int, device):
     """Normalised evaluation batches with the weights' preprocessing (not the evaluation set's)."""
-    from ..data import DatasetInfo, TensorImageDataset, make_loader
+    from ..data import TensorImageDataset, make_loader
 
-    size = tuple(meta.get("image_size", [3, 32, 32]))[-2:]
-    if isinstance(ds, TensorImageDataset):  # small images in memory: resize only if the size differs
+    if isinstance(ds, TensorImageDataset):  # small images in memory, uint8
         for start in range(0, len(ds), batch_size):
-            x = ds.images[start:start + batch_size]
-            if tuple(x.shape[2:]) != size:
-                x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True).round().clamp(0, 255)
-            yield _normalise(x, meta, device), ds.labels[start:start + batch_size]
+            x = prep.resize(ds.images[start:start + batch_size])
+            yield prep.normalize(x, device), ds.labels[start:start + batch_size]
         return
-    info = DatasetInfo(classes=list(ds.info.classes), mean=tuple(meta.get("mean", ds.info.mean)),
-                       std=tuple(meta.get("std", ds.info.std)), source=ds.info.source)
-    # Large images: the loader's evaluation transform (resize, centre crop to the model's size).
-    yield from make_loader(ds, batch_size, train=False, device=device, info=info, image_size=size[0])
+    # Large images: decoded by DataLoader workers, each through the same preprocessing.
+    yield from make_loader(ds, batch_size, train=False, device=device, transform=prep)
 
 
 @torch.no_grad()
@@ -76,6 +69,7 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
     tta = None if tta == "none" else tta
     device = torch.device(device)
     net, meta = load_model(weights, model, device)
+    prep = _preprocessing(meta, weights)
     for candidate in [split] if split else (["train"] if holdout else ["test", "val", "train"]):
         try:
             ds = open_dataset(data, split=candidate, min_classes=1, allow_empty_classes=True)
@@ -84,12 +78,9 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
             if split or candidate == "train":
                 raise
     if holdout:
-        from ..data import split_train_val
+        from ..data import holdout_split
 
-        recipe = (meta.get("recipe") or {}).get("data") or {}
-        val_size = val_size if val_size is not None else int(recipe.get("val_size") or 5000)
-        split_seed = split_seed if split_seed is not None else int(recipe.get("split_seed") or 0)
-        _, ds = split_train_val(ds, val_size=val_size, seed=split_seed)
+        ds = holdout_split(data, meta, val_size, split_seed, dataset=ds).val
     classes = check_classes(net, meta, ds.info.classes, weights, data)
     # Map the data's label indices onto the model's class order by name.
     remap = torch.tensor([classes.index(c) for c in ds.info.classes])
@@ -97,7 +88,7 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
     confusion = torch.zeros(k, k, dtype=torch.int64)
     correct5 = 0
     with LoopProgress(f"eval {Path(data).name}", len(ds), unit="images") as progress:
-        for x, y in _batches(ds, meta, batch_size, device):
+        for x, y in _batches(ds, prep, batch_size, device):
             y = remap[y.cpu()].to(device)
             logits = _logits(net, x, tta)
             # argmax of NaN is an index: a silent "accuracy" (issue 15). -inf is allowed: flip TTA's
@@ -188,26 +179,8 @@ def _image_files(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
-def resize_for_model(image, meta: dict):
-    """An RGB PIL image as the weights expect it: uint8 (H, W, 3), the whole image resized (bicubic)
-    to the training size, as CIFAR models saw the full frame. ``predict`` and ``resnets serve`` share
-    it so the command line and the server give the same probabilities."""
-    import numpy as np
-
-    h, w = meta.get("image_size", [3, 32, 32])[-2:]
-    return np.asarray(image.resize((w, h), resample=3))  # 3: bicubic
-
-
-def to_model_input(arrays, meta: dict, device="cpu") -> torch.Tensor:
-    """A normalised float batch (N, 3, H, W) from :func:`resize_for_model` arrays."""
-    import numpy as np
-
-    return _normalise(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), meta, device)
-
-
-def _image_batches(files: list[Path], meta: dict, batch_size: int, device, skip_bad: bool = False):
-    """``(paths, normalised batch)`` for image files, preprocessed as the weights' metadata says
-    (:func:`resize_for_model`)."""
+def _image_batches(files: list[Path], prep: Preprocessing, batch_size: int, device, skip_bad: bool = False):
+    """``(paths, normalised batch)`` for image files, preprocessed as the weights say."""
     import warnings
 
     from ..data import load_image
@@ -217,7 +190,7 @@ def _image_batches(files: list[Path], meta: dict, batch_size: int, device, skip_
         chunk, arrays = [], []
         for path in files[start:start + batch_size]:
             try:
-                arrays.append(resize_for_model(load_image(path), meta))
+                arrays.append(prep.resize(load_image(path)))
             except BadImageError as exc:
                 if not skip_bad:
                     raise
@@ -225,7 +198,7 @@ def _image_batches(files: list[Path], meta: dict, batch_size: int, device, skip_
                 continue
             chunk.append(path)
         if chunk:
-            yield chunk, to_model_input(arrays, meta, device)
+            yield chunk, prep.normalize(torch.stack(arrays), device)
 
 
 @torch.no_grad()
@@ -237,7 +210,7 @@ def predict(weights: str | Path, images: list[str | Path] | str | Path, *, topk:
     net, meta = load_model(weights, model, device)
     classes = meta.get("classes") or [str(i) for i in range(net.num_classes)]
     results = []
-    for chunk, x in _image_batches(_image_files(list(images)), meta, batch_size, device):
+    for chunk, x in _image_batches(_image_files(list(images)), _preprocessing(meta, weights), batch_size, device):
         probs = net(x).float().softmax(1)
         top = probs.topk(min(topk, probs.shape[1]), 1)
         for path, p, idx in zip(chunk, top.values.tolist(), top.indices.tolist()):
@@ -257,13 +230,11 @@ def extract_features(weights: str | Path, images: list[str | Path] | str | Path,
         images = [images]
     net, meta = load_model(weights, model, device)
     rows, paths = [], []
-    for chunk, x in _image_batches(_image_files(list(images)), meta, batch_size, device, skip_bad=True):
+    prep = _preprocessing(meta, weights)
+    for chunk, x in _image_batches(_image_files(list(images)), prep, batch_size, device, skip_bad=True):
         rows.append(net.forward_head(net.forward_features(x), pre_logits=True).float().cpu().numpy())
         paths += [str(p) for p in chunk]
     if not rows:
         raise InputError(f"no readable images in {', '.join(map(str, images))}")
     return np.concatenate(rows), paths
 
-
-def to_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2)

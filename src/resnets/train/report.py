@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..progress import duration, log_every_s, make_console
 
-COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "seconds",
+COLUMNS = ["epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "seconds",
            "img_per_s"]
 
 
@@ -104,12 +104,12 @@ class Reporter:
                 if k not in ("epoch", "step"):
                     self.writer.add_scalar(k.replace("_", "/", 1) if "_" in k else k, v, row["step"])
             self.writer.flush()
-        val = (f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} top5 {row['val_top5']:.4f}"
-               if "val_acc" in row else "")
+        val = (f"  val loss {row['val_loss']:.4f} acc {row['val_top1']:.4f} top5 {row['val_top5']:.4f}"
+               if "val_top1" in row else "")
         mark = f"  [green]* best {best_metric}[/]" if improved else ""
         self.console.print(
             f"epoch {row['epoch']:>3}  step {row['step']:>6}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f} "
-            f"acc {row['train_acc']:.4f}{val}  {row['img_per_s']:.0f} img/s  {row['seconds']:.1f}s{mark}")
+            f"acc {row['train_top1']:.4f}{val}  {row['img_per_s']:.0f} img/s  {row['seconds']:.1f}s{mark}")
 
     def close(self) -> None:
         self.end_epoch()
@@ -125,7 +125,7 @@ class Reporter:
             plot_metrics(self.run_dir / "metrics.csv", self.run_dir)
         if history:
             last = history[-1]
-            val = f"validation accuracy {last['val_acc']:.4f} (top-5 {last['val_top5']:.4f}), " if "val_acc" in last else ""
+            val = f"validation accuracy {last['val_top1']:.4f} (top-5 {last['val_top5']:.4f}), " if "val_top1" in last else ""
             best_text = f"best {best_metric} {best:.4f}, " if best is not None else ""
             total = sum(r["seconds"] for r in history)
             self.console.print(f"[bold]done[/]: {val}{best_text}{last['epoch']} epochs, {last['step']} steps, "
@@ -136,14 +136,14 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     """metrics.csv holding exactly ``rows`` (replaced atomically)."""
     import io
 
-    from .checkpoint import atomic_write
+    from ..weights_io import atomic_write
 
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: row.get(k, "") for k in COLUMNS})
-    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+    atomic_write(path, text.getvalue().encode())
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
@@ -164,7 +164,7 @@ def plot_metrics(csv_path: Path, out_dir: Path) -> list[Path]:
     epochs = [r["epoch"] for r in rows]
     written = []
     for name, keys, ylabel in (("loss", ["train_loss", "val_loss"], "cross-entropy"),
-                               ("accuracy", ["train_acc", "val_acc"], "top-1 accuracy"),
+                               ("accuracy", ["train_top1", "val_top1"], "top-1 accuracy"),
                                ("lr", ["lr"], "learning rate")):
         fig, ax = plt.subplots(figsize=(6, 4))
         for key in keys:

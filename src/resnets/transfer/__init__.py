@@ -1,7 +1,16 @@
 """Transfer learning: weights from torchvision, timm and our own files; adapting heads and
 input channels; fine-tuning controls; feature extraction; detection and segmentation backbones."""
 
-from .features import FeatureExtractor
+# The model-side pieces transfer learning uses, re-exported here (they live below the registry).
+from ..models.features import FeatureExtractor
+from ..weights_io import (
+    LoadReport,
+    WeightsError,
+    adapt_input_conv,
+    convert_timm_state_dict,
+    load_into,
+    read_weights,
+)
 from .finetune import (
     GradualUnfreezer,
     freeze,
@@ -10,14 +19,6 @@ from .finetune import (
     lr_multipliers,
     set_trainable,
     stage_names,
-)
-from .weights import (
-    LoadReport,
-    WeightsError,
-    adapt_input_conv,
-    convert_timm_state_dict,
-    load_into,
-    read_weights,
 )
 
 __all__ = [

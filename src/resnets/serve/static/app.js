@@ -110,7 +110,7 @@ async function loadModel() {
   const classes = info.classes || [];
   ui.modelClasses.textContent = classes.length ? `${classes.length}: ${classes.join(", ")}` : "—";
   const metrics = info.metrics || {};
-  const accuracy = ["val_acc", "val_accuracy", "accuracy", "acc", "top1"]
+  const accuracy = ["val_top1", "val_acc", "val_accuracy", "accuracy", "acc", "top1"]
     .map((key) => metrics[key]).find((value) => typeof value === "number");
   ui.modelAccuracy.textContent = accuracy === undefined ? "not recorded" : percent(accuracy);
   const sha = info.sha256 || "";

@@ -1,14 +1,33 @@
-"""Loading weights from torchvision, timm and the project's own files, without executing anything.
+"""Weights and checkpoint files: the one place that writes and reads them (issue 14).
 
-Every load is strict by default and reports missing, unexpected and mis-shaped keys in words;
-the only accepted differences are the ones the caller asked for (a new head, a new input width).
+It sits below everything else in the package (it imports only torch and safetensors), so the
+registry, training, transfer, deployment and the data cache all use it without import cycles.
+
+* :func:`atomic_write` is the package's only way to put a file in place: bytes go to a temporary
+  file in the same directory, are fsynced, renamed over the target (``os.replace``) and the
+  directory is fsynced. A crash, a full disk or a file-size limit mid-write leaves the previous
+  file whole; the error says so in words (no C++ traceback), because everything is serialised to
+  bytes first and the only failing call is our own ``write``. Temporary files of a writer that
+  was killed are removed by the next write into the same directory.
+* Reads never unpickle arbitrary objects: ``torch.load(weights_only=True)``, or safetensors.
+* Final weights are ``.safetensors`` whose metadata (strings; JSON inside) rebuilds the model and
+  its preprocessing: model name and arguments, classes, preprocessing, metrics, recipe.
+* torchvision and timm files map onto the zoo's module names (:func:`convert_timm_state_dict`,
+  ``module.``/``_orig_mod.`` prefixes), and :func:`load_into` says in words what did not fit.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
+import json
 import math
+import os
 import pickle
 import re
+import socket
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,40 +35,170 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError
+from .errors import InputError
 
 
 class WeightsError(InputError):
     """A weights file that is unreadable, not what it claims to be, or does not fit the model."""
 
 
-@dataclass
-class LoadReport:
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
-    reinitialized: list[str] = field(default_factory=list)  # asked for: a new head
-    adapted: list[str] = field(default_factory=list)  # asked for: first conv to another in_chans
+class CheckpointError(RuntimeError):
+    """A checkpoint or weights file could not be written or read; the message says what to do."""
 
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
 
-    def __str__(self) -> str:
-        lines = []
+class WriteError(CheckpointError):
+    """Writing a file failed (disk full, file-size limit, permissions); the previous file is intact."""
 
-        def block(title: str, items: list) -> None:
-            if items:
-                shown = ", ".join(map(str, items[:8])) + (f" ... ({len(items)} in all)" if len(items) > 8 else "")
-                lines.append(f"{title}: {shown}")
 
-        block("missing keys (in the model, not in the file)", self.missing)
-        block("unexpected keys (in the file, not in the model)", self.unexpected)
-        block("shape mismatches (key, file, model)", self.mismatched)
-        block("re-initialised", self.reinitialized)
-        block("adapted to the input channels", self.adapted)
-        return "\n".join(lines) or "all keys matched"
+# ---- the one atomic write --------------------------------------------------------------------
 
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+# .NAME.PID-HOST-RANDOM.tmp: who wrote it, so a later write can tell a dead writer's file from a live one's.
+_TEMP = re.compile(r"^\..+\.(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[^.]+\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Remove temporary files left in ``directory`` by writers of this machine that are gone
+    (killed mid-write); another live process's temporary file is left alone."""
+    removed = []
+    if os.name != "posix":
+        return removed
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP.match(entry.name)
+        if m and m["host"] == _HOST and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not supported on this platform (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_error(path: Path, exc: OSError, size: int) -> WriteError:
+    kept = "the previous file is intact" if path.exists() else "nothing was written"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = f"disk full while writing {path} ({size:,} bytes); {kept}. Free space or write elsewhere"
+    elif exc.errno == errno.EFBIG:
+        what = (f"file-size limit reached while writing {path} ({size:,} bytes; see `ulimit -f`); {kept}. "
+                f"Raise the limit or write a smaller file")
+    else:
+        what = f"could not write {path}: {exc.strerror or exc}; {kept}"
+    return WriteError(what)
+
+
+def atomic_write(path: str | Path, data: bytes | bytearray | memoryview) -> Path:
+    """Put ``data`` at ``path`` whole or not at all (see the module docstring). Creates the parent
+    directory; raises :class:`WriteError` naming the file when the write fails."""
+    path = Path(path)
+    view = memoryview(data)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-{_HOST}-", suffix=".tmp")
+    except OSError as exc:
+        raise _write_error(path, exc, len(view)) from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(view)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, exc, len(view)) from exc
+    except BaseException:  # Ctrl-C mid-write: no half file under any name
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+# ---- training checkpoints ----------------------------------------------------------------------
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """``torch.save`` of tensors, numbers, strings, lists and dicts, written atomically."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, buffer.getbuffer())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable resnets checkpoint ({exc})") from exc
+
+
+# ---- safetensors with metadata -------------------------------------------------------------------
+
+# One name per metric (issue 14): top-1 accuracy is `val_top1`/`train_top1`, a fraction. Files and
+# configs written before the rename say `val_acc`/`train_acc`; they are read under the new names.
+METRIC_ALIASES = {"val_acc": "val_top1", "train_acc": "train_top1"}
+
+
+def canonical_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with its metrics under their current names (see :data:`METRIC_ALIASES`)."""
+    metrics = meta.get("metrics")
+    if isinstance(metrics, dict) and any(k in metrics for k in METRIC_ALIASES):
+        meta = {**meta, "metrics": {METRIC_ALIASES.get(k, k): v for k, v in metrics.items()}}
+    return meta
+
+
+def export_weights(path: str | Path, state_dict: dict[str, Tensor], metadata: dict[str, Any]) -> None:
+    """Weights as safetensors; metadata values are JSON-encoded (safetensors stores strings only)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    meta = {"format": "resnets", **{k: json.dumps(v) for k, v in metadata.items()}}
+    atomic_write(path, save(tensors, metadata=meta))
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """A ``.safetensors`` file's metadata, JSON values decoded (read from the header alone)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata() or {}
+    out = {}
+    for k, v in raw.items():
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return canonical_metadata(out)
+
+
+# ---- reading any weights file safely -------------------------------------------------------------
 
 def _strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
     # DataParallel/DDP ("module.") and torch.compile ("_orig_mod.") wrappers prefix every key.
@@ -100,8 +249,6 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        from ..train.checkpoint import read_metadata
-
         try:
             state = load_file(str(path))
             metadata = read_metadata(path)
@@ -118,7 +265,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
                 f"refused to load {path} ({kind}): it is not a plain state_dict of tensors ({exc})"
             ) from exc
         if isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # a resnets training checkpoint
-            metadata = dict(obj.get("meta") or {})
+            metadata = canonical_metadata(dict(obj.get("meta") or {}))
             ema = obj.get("ema")
             obj = ema["state"] if isinstance(ema, dict) and ema.get("state") else obj["model"]
         elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -188,13 +335,41 @@ def read_metadata_only(path: str | Path) -> dict[str, Any]:
     read whole (a checkpoint's ``meta`` sits beside its tensors)."""
     path = Path(path)
     if path.suffix == ".safetensors" and path.is_file():
-        from ..train.checkpoint import read_metadata
-
         try:
             return read_metadata(path)
         except Exception as exc:  # safetensors raises its own error types for a damaged header
             raise WeightsError(f"{path} is not a valid safetensors file: {exc}") from exc
     return read_weights(path)[1]
+
+
+# ---- loading into a model ------------------------------------------------------------------------
+
+@dataclass
+class LoadReport:
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    reinitialized: list[str] = field(default_factory=list)  # asked for: a new head
+    adapted: list[str] = field(default_factory=list)  # asked for: first conv to another in_chans
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        lines = []
+
+        def block(title: str, items: list) -> None:
+            if items:
+                shown = ", ".join(map(str, items[:8])) + (f" ... ({len(items)} in all)" if len(items) > 8 else "")
+                lines.append(f"{title}: {shown}")
+
+        block("missing keys (in the model, not in the file)", self.missing)
+        block("unexpected keys (in the file, not in the model)", self.unexpected)
+        block("shape mismatches (key, file, model)", self.mismatched)
+        block("re-initialised", self.reinitialized)
+        block("adapted to the input channels", self.adapted)
+        return "\n".join(lines) or "all keys matched"
 
 
 def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:

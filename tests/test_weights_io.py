@@ -1,0 +1,107 @@
+"""resnets.weights_io: the one atomic write, tested against a real file-size limit (issue 14, 15)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import resnets
+from resnets.weights_io import (
+    atomic_write,
+    clean_stale_temporaries,
+    export_weights,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+SRC = str(Path(resnets.__file__).resolve().parents[1])
+
+# A child process under RLIMIT_FSIZE writes a file larger than the limit with SIGXFSZ ignored, so
+# write() fails with EFBIG, as it does on a full disk with ENOSPC: the kernel's own failure.
+CHILD = textwrap.dedent("""
+    import resource, signal, sys
+    import torch
+    from resnets.weights_io import WriteError, export_weights, save_checkpoint
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limit = int(sys.argv[3])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    state = {"w": torch.arange(limit // 2, dtype=torch.float32)}  # 2x the limit in bytes
+    try:
+        if sys.argv[1] == "checkpoint":
+            save_checkpoint(sys.argv[2], {"model": state, "step": 2})
+        else:
+            export_weights(sys.argv[2], state, {"model": "resnet20"})
+    except WriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+""")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="RLIMIT_FSIZE is POSIX")
+@pytest.mark.parametrize("kind, name", [("checkpoint", "last.pt"), ("safetensors", "final.safetensors")])
+def test_file_size_limit_keeps_the_previous_file_and_says_so(tmp_path, kind, name):
+    path = tmp_path / name
+    small = {"w": torch.arange(8.0)}
+    if kind == "checkpoint":
+        save_checkpoint(path, {"model": small, "step": 1})
+    else:
+        export_weights(path, small, {"model": "resnet20"})
+    before = path.read_bytes()
+    limit = 1 << 20
+    run = subprocess.run([sys.executable, "-c", CHILD, kind, str(path), str(limit)], capture_output=True,
+                         text=True, timeout=1800, env={**os.environ, "PYTHONPATH": SRC})
+    assert run.returncode == 1, run.stderr
+    message = run.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"error: file-size limit reached while writing {path}"), run.stderr
+    assert "the previous file is intact" in message and "Traceback" not in run.stderr
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporary file left
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    # A writer killed mid-write (SIGKILL: no cleanup runs) leaves its temporary file behind.
+    child = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os, signal, sys, tempfile
+        from resnets import weights_io
+        d = sys.argv[1]
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".x.bin.{os.getpid()}-{weights_io._HOST}-", suffix=".tmp")
+        os.write(fd, b"half")
+        os.kill(os.getpid(), signal.SIGKILL)
+    """), str(tmp_path)], env={**os.environ, "PYTHONPATH": SRC})
+    assert child.returncode == -signal.SIGKILL
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(".x.bin.") and left.name.endswith(".tmp")
+    mine = tmp_path / f".y.bin.{os.getpid()}-x.tmp"  # not the pattern of a writer: never touched
+    mine.write_bytes(b"keep")
+    atomic_write(tmp_path / "x.bin", b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name, "x.bin"]
+    assert (tmp_path / "x.bin").read_bytes() == b"whole"
+
+
+def test_a_live_writers_temporary_file_is_left_alone(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    try:
+        from resnets import weights_io
+
+        live = tmp_path / f".x.bin.{sleeper.pid}-{weights_io._HOST}-abc.tmp"
+        live.write_bytes(b"in progress")
+        assert clean_stale_temporaries(tmp_path) == []
+        assert live.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert clean_stale_temporaries(tmp_path) == [live]
+
+
+def test_checkpoint_round_trip_is_weights_only(tmp_path):
+    state = {"model": {"w": torch.randn(3)}, "step": 4, "history": [{"val_top1": 0.5}]}
+    save_checkpoint(tmp_path / "c.pt", state)
+    back = load_checkpoint(tmp_path / "c.pt")
+    assert back["step"] == 4 and torch.equal(back["model"]["w"], state["model"]["w"])
