@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -394,6 +397,99 @@ def garbage_weights_file(tmp: Path) -> None:
     weights.write_bytes(b"\x00\x01not a safetensors file" * 10)
     expect(*cli("predict", "--model", "resnet20", "--weights", weights, SHIPPED), 2,
            f"{weights} is not a valid safetensors file")
+
+
+# ---- 2. training faults with real causes: a file-size limit, kill -9, divergence -----------------
+
+def _train_process(tmp: Path, data: Path, *sets: str, fsize: int | None = None,
+                   kill_after_checkpoint: bool = False) -> subprocess.CompletedProcess:
+    """``resnets train`` as a real child process (RLIMIT_FSIZE applies to it alone; kill -9 is real)."""
+    run_dir = tmp / "runs" / "r"
+    if (run_dir / "last.pt").exists():  # the run exists: continue it with its saved config
+        argv = [sys.executable, "-m", "resnets", "train", "--resume", str(run_dir)]
+    else:
+        argv = [sys.executable, "-m", "resnets", "train", "--config", str(QUICKSTART), "--data", str(data),
+                "--set", f"out_dir={tmp / 'runs'}", "--set", "name=r", "--set", "data.val_size=10",
+                "--set", "train.batch_size=16",
+                "--set", "train.progress=false", "--set", "train.tensorboard=false", "--set", "train.plots=false"]
+    for s in sets:
+        argv += ["--set", s]
+
+    def limit() -> None:
+        if fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    if not kill_after_checkpoint:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=1800, env=env, preexec_fn=limit)
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    last = tmp / "runs" / "r" / "last.pt"
+    deadline = time.monotonic() + 1800
+    while not last.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.kill()  # SIGKILL: no handler, no cleanup, wherever it was (in the next epoch, or a write)
+    out, _ = child.communicate()
+    return subprocess.CompletedProcess(argv, child.returncode, out, "")
+
+
+@probe("training")
+def file_size_limit_during_training(tmp: Path) -> None:
+    """The epoch-2 checkpoint cannot be written (RLIMIT_FSIZE below its size): the run stops with the
+    message, epoch 1's last.pt is intact, and the resumed run finishes from it."""
+    import torch
+
+    data = sample_folder(tmp / "data", 4)
+    first = _train_process(tmp, data, "train.epochs=1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    last = tmp / "runs" / "r" / "last.pt"
+    before = last.read_bytes()
+    (tmp / "runs" / "r" / "final.safetensors").unlink()
+    limited = _train_process(tmp, data, "train.epochs=2", fsize=len(before) // 2)
+    assert limited.returncode == 1, f"exit {limited.returncode}:\n{limited.stderr[-2000:]}"
+    err = limited.stderr
+    for needle in (f"file-size limit reached while writing {last}", "the previous file is intact",
+                   f"resume with: resnets train --resume {tmp / 'runs' / 'r'}"):
+        assert needle in err, f"{needle!r} not in:\n{err[-2000:]}"
+    assert "Traceback" not in err, err[-2000:]
+    assert last.read_bytes() == before, "last.pt changed"
+    assert not [p.name for p in last.parent.iterdir() if p.name.endswith(".tmp")], "a temporary file was left"
+    assert torch.load(last, weights_only=True)["step"] == 1
+    resumed = _train_process(tmp, data, "train.epochs=2")
+    assert resumed.returncode == 0 and (last.parent / "final.safetensors").exists(), resumed.stderr[-2000:]
+
+
+@probe("training")
+def kill_9_then_resume(tmp: Path) -> None:
+    """kill -9 once the first checkpoint exists (no handler runs): the resumed run finishes, and no
+    temporary file of the killed writer is left behind."""
+    data = sample_folder(tmp / "data", 4)
+    killed = _train_process(tmp, data, "train.epochs=12", kill_after_checkpoint=True)
+    assert killed.returncode == -9, f"exit {killed.returncode}: {killed.stdout[-2000:]}"
+    run_dir = tmp / "runs" / "r"
+    resumed = _train_process(tmp, data, "train.epochs=12")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (run_dir / "final.safetensors").exists()
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")], sorted(p.name for p in run_dir.iterdir())
+    rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == [str(e) for e in range(1, 13)], rows
+
+
+@probe("training")
+def diverging_run_stops_and_writes_no_weights(tmp: Path) -> None:
+    """optim.lr=1e30: running_var goes to inf while the loss may stay finite; the run must stop naming
+    the tensor, exit 1, and write no final weights."""
+    data = sample_folder(tmp / "data", 4)
+    run = _train_process(tmp, data, "train.epochs=4", "optim.lr=1e30")
+    assert run.returncode == 1, f"exit {run.returncode}:\n{run.stderr[-2000:]}"
+    err = run.stderr
+    assert ("is not finite" in err or "loss is nan" in err) and "Traceback" not in err, err[-2000:]
+    assert not (tmp / "runs" / "r" / "final.safetensors").exists()
+    last = tmp / "runs" / "r" / "last.pt"
+    if last.exists():  # what it kept must be usable: every tensor finite
+        import torch
+
+        state = torch.load(last, weights_only=True)["model"]
+        assert all(bool(v.isfinite().all()) for v in state.values() if v.is_floating_point()), "last.pt is not finite"
 
 
 # ---- 4. the server does bounded work -------------------------------------------------------------

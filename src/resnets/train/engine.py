@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,7 +33,7 @@ from ..data.split import sample_data_dir
 from ..pretrained import resolve
 from ..registry import create_model
 from ..transfer.finetune import GradualUnfreezer, set_trainable, stage_names
-from ..weights_io import METRIC_ALIASES, read_metadata_only
+from ..weights_io import METRIC_ALIASES, WriteError, atomic_write, read_metadata_only
 from .checkpoint import (
     export_weights,
     load_checkpoint,
@@ -230,6 +230,16 @@ def train_step(model: nn.Module, micro_batches: list, optimizer: torch.optim.Opt
         with record_function("step/ema"):
             ema.update(raw_model)
     return loss_sum, correct, n
+
+
+@contextmanager
+def _resumable_on_write_error(run_dir: Path):
+    """A failed write (disk full, file-size limit) says how to go on: the previous checkpoint is
+    intact, so after freeing space the run resumes from it (issue 15)."""
+    try:
+        yield
+    except WriteError as exc:
+        raise WriteError(f"{exc}; then resume with: resnets train --resume {run_dir}") from None
 
 
 def _first_nonfinite(model: nn.Module, ema: EMA | None = None, world: int = 1) -> str | None:
@@ -482,14 +492,15 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
         bad = _first_nonfinite(raw_model, ema)
         if bad:  # never replace a good checkpoint with a broken state (issue 15)
             raise NonFiniteStateError(f"{bad} is not finite at step {step}; {run_dir / name} was not written")
-        save_checkpoint(run_dir / name, {
-            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-            "ema": ema.state_dict() if ema else None, "epoch": epoch, "step": step,
-            "loader": {"epoch": epoch, "batch": batch}, "rng": rng_state(), "config": cfg.to_dict(),
-            "meta": {**meta, "metrics": history[-1] if history else {}}, "epoch_stats": dict(stats),
-            "best": best, "history": history,
-        })
+        with _resumable_on_write_error(run_dir):
+            save_checkpoint(run_dir / name, {
+                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "ema": ema.state_dict() if ema else None, "epoch": epoch, "step": step,
+                "loader": {"epoch": epoch, "batch": batch}, "rng": rng_state(), "config": cfg.to_dict(),
+                "meta": {**meta, "metrics": history[-1] if history else {}}, "epoch_stats": dict(stats),
+                "best": best, "history": history,
+            })
         if name == "last.pt":
             saved_step = step
 
@@ -633,12 +644,14 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
     stop_if_not_finite(f"step {step}, before writing {final.name}")
     if is_main:
         weights = ema.state if ema else raw_model.state_dict()
-        export_weights(final, weights, {**meta, "metrics": history[-1] if history else {}})
-        if best is not None and (run_dir / "best.pt").exists():
-            best_ckpt = load_checkpoint(run_dir / "best.pt")
-            best_weights = best_ckpt["ema"]["state"] if best_ckpt.get("ema") else best_ckpt["model"]
-            export_weights(run_dir / "best.safetensors", best_weights, best_ckpt["meta"])
-        (run_dir / "summary.yaml").write_text(yaml.safe_dump(
-            {"best": {t.best_metric: best}, "last": history[-1] if history else {}, "steps": step}, sort_keys=False))
+        with _resumable_on_write_error(run_dir):  # a resumed finished run writes its exports again
+            export_weights(final, weights, {**meta, "metrics": history[-1] if history else {}})
+            if best is not None and (run_dir / "best.pt").exists():
+                best_ckpt = load_checkpoint(run_dir / "best.pt")
+                best_weights = best_ckpt["ema"]["state"] if best_ckpt.get("ema") else best_ckpt["model"]
+                export_weights(run_dir / "best.safetensors", best_weights, best_ckpt["meta"])
+            atomic_write(run_dir / "summary.yaml", yaml.safe_dump(
+                {"best": {t.best_metric: best}, "last": history[-1] if history else {}, "steps": step},
+                sort_keys=False).encode())
     reporter.finish(history, best, t.best_metric, plots=t.plots)
     return TrainResult(run_dir, history[-1] if history else {}, best, final, history)
