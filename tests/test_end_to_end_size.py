@@ -89,6 +89,7 @@ def test_eval_predict_serve_and_onnx_agree_at_the_training_size(folder, weights,
             assert served == pytest.approx(predicted[f], abs=1e-5)  # batch of 1 vs 40: float rounding only
 
     # eval on the folder: its top-1 is what predict's top classes score on the same files.
+    capsys.readouterr()  # what export printed
     assert main(["eval", "--weights", str(weights), "--data", str(folder), "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
     right = sum(max(predicted[f], key=predicted[f].get) == f.parent.name for f in files)

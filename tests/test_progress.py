@@ -18,7 +18,7 @@ NUMBER = r"-?\d+(\.\d+)?(e[+-]\d+)?"
 STEP_LINE = re.compile(rf"^epoch \d+\.\d\d/2  step \d+  loss {NUMBER}  acc {NUMBER}  lr {NUMBER}  \d+ img/s  "
                        r"ETA (\d+h\d\dm|\d+m\d\ds|\d+s)$")
 EPOCH_LINE = re.compile(rf"^epoch +[12]  step +\d+  lr {NUMBER}  train loss {NUMBER} acc {NUMBER}  "
-                        rf"val loss {NUMBER} acc {NUMBER} top5 {NUMBER}  \d+ img/s  {NUMBER}s(  \* best val_acc)?$")
+                        rf"val loss {NUMBER} acc {NUMBER} top5 {NUMBER}  \d+ img/s  {NUMBER}s(  \* best val_top1)?$")
 
 
 def test_training_to_a_file_writes_whole_progress_lines(tmp_path):

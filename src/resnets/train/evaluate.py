@@ -69,7 +69,6 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
     tta = None if tta == "none" else tta
     device = torch.device(device)
     net, meta = load_model(weights, model, device)
-    prep = _preprocessing(meta, weights)
     for candidate in [split] if split else (["train"] if holdout else ["test", "val", "train"]):
         try:
             ds = open_dataset(data, split=candidate, min_classes=1, allow_empty_classes=True)
@@ -82,6 +81,7 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
 
         ds = holdout_split(data, meta, val_size, split_seed, dataset=ds).val
     classes = check_classes(net, meta, ds.info.classes, weights, data)
+    prep = _preprocessing(meta, weights)  # after the classes: a wrong network is the first thing to say
     # Map the data's label indices onto the model's class order by name.
     remap = torch.tensor([classes.index(c) for c in ds.info.classes])
     k = len(classes)
