@@ -48,6 +48,10 @@ def client():
 
 @pytest.fixture(scope="module")
 def real_images(cifar_train_dir):
+    return images_it_gets_right(cifar_train_dir)
+
+
+def images_it_gets_right(cifar_train_dir: Path) -> list:
     """(path, class, ``resnets predict`` output with all 10 classes) for real images the model gets right."""
     files = [cifar_train_dir / c / "0000.jpg" for c in CLASSES]
     rows = cli_predict("cifar10", files, model="resnet20", topk=10)

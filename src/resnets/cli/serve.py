@@ -62,7 +62,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "serve", help="HTTP inference API with dynamic batching (predict, Grad-CAM, model card)",
         description="Serve a model over HTTP: POST /v1/predict, POST /v1/explain, GET /v1/model, "
-                    "/healthz, /readyz, /docs. Listens on the loopback interface unless --host says otherwise.")
+                    "/healthz, /readyz, /openapi.json; the Open Inference Protocol (KServe v2, Triton's HTTP "
+                    "clients) under /v2; Prometheus metrics at /metrics. Listens on the loopback interface unless "
+                    "--host says otherwise.")
     p.add_argument("--weights", required=True, help="weights file, or a shipped tag such as cifar10 (with --model)")
     p.add_argument("--model", help="model name (default: from the weights' metadata)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
@@ -83,13 +85,14 @@ def register(subparsers) -> None:
                    help="pixels per request over all its images, read from their headers before decoding "
                         "(default: 4 x --max-pixels)")
     p.add_argument("--max-requests", type=int, default=64,
-                   help="requests to /v1/* in flight at once; beyond it 503 with Retry-After")
+                   help="requests to /v1/* and /v2/models/* in flight at once; beyond it 503 with Retry-After")
     p.add_argument("--max-inflight-bytes", type=int,
                    help="bytes of request bodies held at once over all requests; beyond it 503 with Retry-After "
                         "(default: 8 x --max-bytes)")
     p.add_argument("--drain", type=float, default=0.5,
                    help="seconds that SIGINT/SIGTERM keep answering new requests 503 before the server stops listening")
-    p.add_argument("--token-file", help="require Authorization: Bearer TOKEN on /v1/*, TOKEN read from this file "
+    p.add_argument("--token-file", help="require Authorization: Bearer TOKEN on /v1/*, /v2/models/* and /metrics, "
+                                        "TOKEN read from this file "
                                         "(or set RESNETS_SERVE_TOKEN)")
     p.add_argument("--token", help="the token on the command line (visible in ps: prefer --token-file)")
     p.add_argument("--no-batching", action="store_true", help="run each request alone (for comparison)")

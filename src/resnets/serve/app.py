@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import mimetypes
 import threading
+import time
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
@@ -24,9 +25,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from ..errors import InputError
+from . import v2
 from .batcher import Batcher, Closed, QueueFull
-from .errors import ApiError, ErrorBody, error_response, install, overloaded, timed_out
+from .errors import ApiError, ErrorBody, answer_error, install, overloaded, timed_out
 from .inputs import ByteBudget, Stopped, decode_all, uploads
+from .metrics import CONTENT_TYPE_LATEST, Measure, Metrics
 from .service import EXPLAIN_MIN_SIDE, ModelService
 
 STATIC = Path(str(files("resnets") / "serve" / "static"))
@@ -34,20 +37,26 @@ STATIC = Path(str(files("resnets") / "serve" / "static"))
 EXPLAIN_SLOTS = 4
 
 
+# The routes whose requests count against --max-requests: the API, not the probes or the page.
+ADMITTED = ("/v1/", "/v2/models/")
+
+
 class Admission:
-    """ASGI middleware: at most ``limit`` requests to ``/v1/`` in flight; the next is answered 503
-    with Retry-After at once, before its body is read (issue 15: connections in flight had no cap).
-    Probes (``/healthz``, ``/readyz``) and the page are always answered."""
+    """ASGI middleware: at most ``limit`` requests to ``/v1/`` and ``/v2/models/`` in flight; the
+    next is answered 503 with Retry-After at once, before its body is read (issue 15: connections
+    in flight had no cap). Probes (``/healthz``, ``/readyz``, ``/v2/health/*``), ``/metrics`` and
+    the page are always answered."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit, self.in_flight = app, limit, 0
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or not scope["path"].startswith(ADMITTED):
             return await self.app(scope, receive, send)
         if self.in_flight >= self.limit:
-            response = error_response(503, "overloaded", f"server busy: {self.in_flight} requests in flight; it "
-                                      f"takes {self.limit} at once (--max-requests)", {"Retry-After": "1"})
+            response = answer_error(scope.get("app"), scope["path"], 503, "overloaded",
+                                    f"server busy: {self.in_flight} requests in flight; it takes {self.limit} at "
+                                    "once (--max-requests)", {"Retry-After": "1"})
             return await response(scope, receive, send)
         self.in_flight += 1
         try:
@@ -180,14 +189,22 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
             raise InputError(f"{name} ({option}) must be positive; got {value}")
     if max_wait_ms < 0:
         raise InputError(f"max_wait_ms (--max-wait-ms) must be 0 or more; got {max_wait_ms}")
+    metrics = Metrics(max_batch)
+    start = time.perf_counter()
     service = ModelService(weights, model, device)
+    metrics.model_load.set(time.perf_counter() - start)
+    metrics.model.info({"name": service.name, "weights": service.weights, "sha256": service.sha256})
     settings = {"max_batch": max_batch, "max_wait_ms": float(max_wait_ms), "queue_size": queue_size}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        start = time.perf_counter()
         await asyncio.to_thread(service.warm_up, max_batch)
+        metrics.model_warmup.set(time.perf_counter() - start)
         # service.forward looked up per call, so a test may wrap it after create_app.
-        batcher = Batcher(lambda x: app.state.service.forward(x), batching=batching, **settings)
+        batcher = Batcher(lambda x: app.state.service.forward(x), batching=batching, on_batch=metrics.batch,
+                          **settings)
+        metrics.queue_depth.set_function(lambda: batcher.queued)
         batcher.start()
         app.state.batcher, app.state.status = batcher, "ready"
         try:
@@ -203,9 +220,11 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
     app = FastAPI(title="resnets serve", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"Image classification with {service.name} ({service.weights}).")
     app.state.service, app.state.status, app.state.batcher = service, "starting", None
+    app.state.metrics = metrics
     app.state.explaining = 0
     app.state.bodies = ByteBudget(max_inflight_bytes)
     app.add_middleware(Admission, limit=max_requests)
+    app.add_middleware(Measure, metrics=metrics)  # added last: outermost, so it sees Admission's 503s
     install(app)
     guard = [Depends(_bearer(token))] if token else []
 
@@ -231,26 +250,26 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
     async def model_info():
         return {**service.describe(), "batching": settings}
 
-    @app.post("/v1/predict", response_model=PredictResponse, dependencies=guard,
-              openapi_extra=_body("images", many=True),
-              responses=_errors(400, *([401] if token else []), 413, 415, 422, 503, 504))
-    async def predict(request: Request,
-                      topk: int = Query(5, ge=1, le=service.num_classes, description="classes per image")):
-        """Top-k classes with probabilities for each image: multipart parts named "images", or
-        JSON {"images": [base64, ...]}."""
+    def decode(found, stop: threading.Event):
+        """Uploads to (decoded images, model input) by the weights' preprocessing, in a worker thread."""
+        decoded = decode_all(found, service.preprocessing, max_pixels, max_request_pixels, stop)
+        return decoded, service.inputs([d.array for d in decoded])
+
+    async def classify(request: Request, read, prepare):
+        """The path of every prediction (``/v1/predict``, ``/v2/.../infer``): ``await read(held)``
+        takes the body within the byte budget and returns what it holds (``len`` of it: its
+        images); ``prepare(found, stop)`` turns that into ``(kept, model input)`` in a thread while
+        the client is connected; then the batcher. All within ``timeout_s``. Returns ``(kept, probabilities)``."""
         batcher = ready_batcher()
         stop = threading.Event()  # read by the decoding thread: set when the answer no longer matters
-
-        def prepare(found):
-            decoded = decode_all(found, service.preprocessing, max_pixels, max_request_pixels, stop)
-            return decoded, service.inputs([d.array for d in decoded])
-
+        images = 0
         try:
             async with asyncio.timeout(timeout_s):
                 with app.state.bodies.account() as held, batcher.arriving():
-                    found = await uploads(request, "images", max_bytes=max_bytes, max_images=queue_size,
-                                          held=held)
-                    decoded, x = await _while_connected(request, stop, asyncio.to_thread(prepare, found))
+                    found = await read(held)
+                    images = len(found)
+                    metrics.images_in_flight.inc(images)
+                    kept, x = await _while_connected(request, stop, asyncio.to_thread(prepare, found, stop))
                 # Nothing awaits between arriving() and submit (see Batcher.arriving). The model's
                 # share is bounded by the queue; a client that leaves now is answered all the same.
                 probs = await batcher.submit(x)
@@ -262,6 +281,21 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
             raise ApiError(503, "not_ready", str(exc), {"Retry-After": "1"}) from None
         finally:
             stop.set()
+            metrics.images_in_flight.dec(images)
+        return kept, probs
+
+    @app.post("/v1/predict", response_model=PredictResponse, dependencies=guard,
+              openapi_extra=_body("images", many=True),
+              responses=_errors(400, *([401] if token else []), 413, 415, 422, 503, 504))
+    async def predict(request: Request,
+                      topk: int = Query(5, ge=1, le=service.num_classes, description="classes per image")):
+        """Top-k classes with probabilities for each image: multipart parts named "images", or
+        JSON {"images": [base64, ...]}."""
+
+        async def read(held):
+            return await uploads(request, "images", max_bytes=max_bytes, max_images=queue_size, held=held)
+
+        decoded, probs = await classify(request, read, decode)
         top = probs.topk(topk, 1)
         return {"model": service.name, "predictions": [
             {"filename": d.upload.filename, "width": d.width, "height": d.height, "mode": d.mode,
@@ -311,6 +345,16 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
             "X-Class-Index": str(result["explained"]),
             "X-Class-Probability": f"{result['probability']:.6f}",
         })
+
+    v2.register(app, service, classify, decode, guard, max_bytes=max_bytes, max_images=queue_size)
+
+    @app.get("/metrics", dependencies=guard, response_class=Response, tags=["health"],
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+                              "description": "Prometheus text format"}, **(_errors(401) if token else {})})
+    async def prometheus_metrics():
+        """Requests by route and status, latencies, batch sizes, queue depth, images in flight,
+        rejections by reason, model load time."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
     async def index():

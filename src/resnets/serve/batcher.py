@@ -14,6 +14,7 @@ paying ``max_wait_ms`` for company that is not coming. The queue is bounded in i
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,15 +44,19 @@ class Batcher:
     """Feeds ``fn`` (a batch ``(N, ...) -> (N, ...)``, run in a worker thread) from a bounded queue.
 
     ``batching=False`` runs each request alone, as a server without batching would (the
-    benchmark's baseline). ``batch_sizes`` keeps the images per forward pass, newest last.
+    benchmark's baseline). ``batch_sizes`` keeps the images per forward pass, newest last;
+    ``on_batch(images, seconds)``, if given, is told of each forward pass as it ends (from the
+    worker thread: the ``/metrics`` histograms, issue 17).
     """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *, max_batch: int = 32,
-                 max_wait_ms: float = 5.0, queue_size: int = 256, batching: bool = True, history: int = 4096):
+                 max_wait_ms: float = 5.0, queue_size: int = 256, batching: bool = True, history: int = 4096,
+                 on_batch: Callable[[int, float], None] | None = None):
         if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
             raise InputError(f"need max_batch >= 1, queue_size >= 1, max_wait_ms >= 0; got {max_batch}, "
                              f"{queue_size}, {max_wait_ms}")
         self.fn, self.max_batch, self.queue_size, self.batching = fn, max_batch, queue_size, batching
+        self.on_batch = on_batch
         self.max_wait_s = max_wait_ms / 1000
         self.batch_sizes: deque[int] = deque(maxlen=history)
         self._pending: deque[_Job] = deque()
@@ -141,8 +146,11 @@ class Batcher:
         # A single request may hold more than max_batch images; the model never sees more at once.
         outs = []
         for chunk in x.split(self.max_batch):
+            start = time.perf_counter()
             outs.append(self.fn(chunk))
             self.batch_sizes.append(len(chunk))
+            if self.on_batch is not None:
+                self.on_batch(len(chunk), time.perf_counter() - start)
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     async def _collect(self) -> list[_Job] | None:

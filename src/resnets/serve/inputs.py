@@ -182,11 +182,11 @@ def _json(body: bytes, field: str) -> list[Upload]:
         label = _label(field, i, None, single=field == "image")
         if not isinstance(item, str):
             raise ApiError(400, "bad_request", f"{label}: expected a base64 string, got {type(item).__name__}")
-        found.append(Upload(label, None, _base64(item, label)))
+        found.append(Upload(label, None, base64_bytes(item, label)))
     return found
 
 
-def _base64(text: str, label: str) -> bytes:
+def base64_bytes(text: str, label: str) -> bytes:
     if text.startswith("data:"):  # a data URL: data:image/png;base64,....
         header, sep, text = text.partition(",")
         if not sep or not header.endswith(";base64"):

@@ -70,7 +70,10 @@ class ModelService:
             return self.model(x.to(self.device)).float().softmax(1).cpu()
 
     def warm_up(self, batch: int) -> None:
-        # The first calls allocate and pick kernels; pay for that before saying ready.
+        # The first calls allocate and pick kernels; pay for that before saying ready. The first
+        # resize imports torchvision's transforms: 11-16 s on this busy 2-core machine, which the
+        # first request paid (and a 10 s client timeout saw) until it was done here.
+        self.preprocessing.resize(torch.zeros(3, *self.input_size[-2:], dtype=torch.uint8))
         for n in {1, batch}:
             self.forward(torch.zeros(n, *self.input_size))
 
