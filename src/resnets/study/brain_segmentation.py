@@ -170,5 +170,7 @@ def brain_segmentation_study(out_dir: str | Path = "runs/brain-seg", *, encoder:
                    {"model": "unet", "encoder": encoder, "classes": list(CLASSES), "in_chans": 1,
                     "dataset": "MNI152 T1 2009 template (nilearn), axial slices", "settings": settings,
                     "metrics": {"dice": dice, "mean_tissue_dice": result.mean_tissue_dice}})
-    atomic_write(out / "report.json", (json.dumps({**result.to_dict(), "settings": settings}, indent=2) + "\n").encode())
+    # The report names its files relative to its own folder: it may be copied or shipped (issue 18).
+    report = {**result.to_dict(), "out_dir": ".", "figure": result.figure.name, "settings": settings}
+    atomic_write(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
     return result
