@@ -78,7 +78,10 @@ def test_interval_and_durations(monkeypatch):
 def test_bench_infer_stops_cleanly_on_ctrl_c():
     command = [sys.executable, "-m", "resnets", "bench", "infer", "--model", "resnet20", "--batch", "2",
                "--iters", "100000000", "--warmup", "1", "--variants", "eager,channels_last", "--threads", "1"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A job started in the background by a non-interactive shell (nohup ... &, some CI runners) has
+    # SIGINT ignored, and Python then installs no Ctrl-C handler: give the child the default back.
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:
             if line.startswith("eager: timing"):
