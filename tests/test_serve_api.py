@@ -557,6 +557,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_until_ready(proc: subprocess.Popen, url: str, limit_s: float = 120) -> None:
+    """Poll /readyz of a `resnets serve` child until it answers 200 (it must not exit meanwhile)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server never became ready"
+        time.sleep(0.1)
+
+
 def test_serve_command_starts_answers_and_stops_cleanly(real_images):
     """A real start (a free loopback port), a real request, then Ctrl-C: exit code 0, no traceback.
     (SIGTERM takes the same path: uvicorn's handle_exit, whose re-raise of the signal we drop.)"""
@@ -567,16 +581,7 @@ def test_serve_command_starts_answers_and_stops_cleanly(real_images):
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server never became ready"
-            time.sleep(0.1)
+        _wait_until_ready(proc, url)
         path, label, _ = real_images[0]
         r = httpx.post(f"{url}/v1/predict", files=multipart([path]), timeout=30)
         assert r.status_code == 200 and r.json()["predictions"][0]["top"][0]["class"] == label
@@ -797,16 +802,7 @@ def test_shutdown_under_load_answers_every_accepted_connection(real_images):
     body = multipart([real_images[0][0]])
     results: list[tuple[str, int | str, str | None]] = []
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server never became ready"
-            time.sleep(0.1)
+        _wait_until_ready(proc, url)
         stop_sending = threading.Event()
 
         def client():

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..layers import ConvBnAct
 from ..registry import create_model
 
@@ -39,7 +40,7 @@ class UNet(nn.Module):
                                     out_indices=tuple(range(len(decoder_chs) + 1)), **kwargs)
         chs = [info["num_chs"] for info in self.encoder.feature_info]
         if len(chs) != len(decoder_chs) + 1:
-            raise ValueError(f"{encoder} gives {len(chs)} feature maps; decoder_chs needs {len(chs) - 1} widths")
+            raise InputError(f"{encoder} gives {len(chs)} feature maps; decoder_chs needs {len(chs) - 1} widths")
         ups, prev = [], chs[-1]
         for skip, out in zip(reversed(chs[:-1]), decoder_chs, strict=True):
             ups.append(_Up(prev, skip, out))
