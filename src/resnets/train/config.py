@@ -81,7 +81,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # exponential moving average of the weights; 0: off. Validation uses it.
     grad_clip: float = 0.0  # max global gradient norm; 0: off
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler)
+    # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler) | auto: bf16 where the device
+    # computes it natively (a CUDA GPU with bf16, a CPU with AVX512_BF16 or AMX), else fp32.
+    precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -244,7 +246,7 @@ def validate(config: Config) -> None:
         "optim.name": (o.name, ("sgd", "adam", "adamw", "rmsprop")),
         "schedule.name": (s.name, ("constant", "multistep", "cosine", "onecycle", "linear")),
         "schedule.unit": (s.unit, ("step", "epoch")),
-        "train.precision": (t.precision, ("fp32", "bf16", "fp16")),
+        "train.precision": (t.precision, ("fp32", "bf16", "fp16", "auto")),
         "train.best_metric": (t.best_metric, ("val_top1", "val_loss", "val_top5", "train_top1", "train_loss")),
     }
     if s.plateau_metric:

@@ -106,6 +106,27 @@ def select_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512_BF16 or AMX-BF16; Linux's cpuinfo flags).
+    Without them oneDNN emulates bf16 and a bf16 step is slower than fp32 (measured on AVX2-only EPYC
+    machines of this project); with them a ResNet-20 step ran 1.9x faster than fp32 (RESULTS.md)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 where the device computes it natively, else fp32; other values unchanged."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
 def _setup_distributed(device_name: str) -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment; init the process group once."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -367,6 +388,8 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
     device = select_device(t.device, local_rank)
     if t.threads:
         torch.set_num_threads(t.threads)
+    # Resolved once and saved so: a resumed run keeps the arithmetic it started with on any machine.
+    t.precision = resolve_precision(t.precision, device)
     if resume is None:
         run_dir = _broadcast(_new_run_dir(cfg) if rank == 0 else None, world)
     is_main = rank == 0
