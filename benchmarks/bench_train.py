@@ -22,9 +22,9 @@ import torch.nn.functional as F
 import resnets
 
 
-def matmul_rate(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
-    """Measured fp32 FLOP/s of an n x n matrix product (the machine's practical peak)."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_rate(device: torch.device, n: int = 2048, repeats: int = 10, dtype=torch.float32) -> float:
+    """Measured FLOP/s of an n x n matrix product in ``dtype`` (the machine's practical peak)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
     _sync(device)
@@ -41,7 +41,7 @@ def _sync(device: torch.device) -> None:
 
 
 def engine_rate(data: str, steps: int, device: str, out: str, channels_last: bool = True, compile: bool = False,
-                warmup: int = 5) -> float:
+                warmup: int = 5, precision: str = "fp32") -> float:
     """img/s of resnets.train's steps after `warmup` (data + step, no validation; compilation is
     in the warm-up steps, not in the figure)."""
     from resnets.train import train
@@ -58,7 +58,7 @@ def engine_rate(data: str, steps: int, device: str, out: str, channels_last: boo
         f"train.device={device}", "optim.lr=0.1", "schedule.name=constant", f"out_dir={out}", "name=engine",
         # channels-last: oneDNN's NHWC convolutions are ~1.3x faster on this CPU than NCHW (measured).
         f"train.channels_last={str(channels_last).lower()}", f"train.compile={str(compile).lower()}",
-        "train.progress=false", "train.tensorboard=false", "train.plots=false"], callbacks=[clock])
+        f"train.precision={precision}", "train.progress=false", "train.tensorboard=false", "train.plots=false"], callbacks=[clock])
     return steps * 128 / (marks[warmup + steps] - marks[warmup])
 
 
@@ -104,6 +104,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--nchw", action="store_true", help="engine without channels-last (as the reference)")
     parser.add_argument("--compile", action="store_true", help="engine with train.compile=true (inductor)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                        help="the engine's train.precision (the reference stays fp32); the goal's ratio is "
+                             "always against the fp32 matmul rate, and bf16's own rate is printed beside it")
     args = parser.parse_args()
     if not args.data:
         parser.error("no data: pass --data DIR (CIFAR-10 images, e.g. ../shared/datasets/cifar10-jpeg/train) "
@@ -125,12 +128,17 @@ def main() -> None:
           f"({time.perf_counter() - t:.0f}s incl. setup)")
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
-        eng = engine_rate(args.data, args.steps, args.device, out, channels_last=not args.nchw, compile=args.compile)
-    layout = ("NCHW" if args.nchw else "channels-last") + (", compiled" if args.compile else "")
+        eng = engine_rate(args.data, args.steps, args.device, out, channels_last=not args.nchw, compile=args.compile,
+                          precision=args.precision)
+    layout = ("NCHW" if args.nchw else "channels-last") + (", compiled" if args.compile else "") + f", {args.precision}"
     print(f"resnets engine (uint8 tensors on device, whole-batch augmentation, {layout}): {eng:.1f} img/s "
           f"({time.perf_counter() - t:.0f}s incl. warm-up and dataset open/decode, cached after the first run)")
     print(f"engine / reference = {eng / ref:.2f}x; engine reaches {eng * train_flops / peak:.1%} of the fp32 "
           f"matmul rate (reference {ref * train_flops / peak:.1%})")
+    if args.precision != "fp32":
+        peak16 = matmul_rate(device, dtype=torch.bfloat16)
+        print(f"measured bf16 matmul rate {peak16 / 1e9:.1f} GFLOP/s ({peak16 / peak:.2f}x fp32); the engine reaches "
+              f"{eng * train_flops / peak16:.1%} of it")
 
 
 if __name__ == "__main__":

@@ -203,6 +203,17 @@ def test_mixed_precision_trains_and_checkpoints_its_scaler(subset, tmp_path, pre
     assert (scaler is not None) == (precision == "fp16")
 
 
+def test_precision_auto_is_resolved_once_and_saved(subset, tmp_path):
+    # A resumed run must keep the arithmetic it started with, whatever machine it resumes on.
+    from resnets.train.engine import resolve_precision
+
+    result = train(base(subset, tmp_path, "name=auto", "train.precision=auto", "train.steps=2"))
+    expected = resolve_precision("auto", torch.device("cpu"))
+    assert load_config(result.run_dir / "config.yaml").train.precision == expected
+    assert load_checkpoint(result.run_dir / "last.pt")["config"]["train"]["precision"] == expected
+    assert math.isfinite(result.metrics["train_loss"])
+
+
 def test_diverging_weights_stop_the_run_and_never_replace_a_good_checkpoint(subset, tmp_path):
     # issue 15: with lr 1e8 the loss can stay finite for a while (batch-norm in training mode) while
     # running_var and the weights overflow. The first bad state stops the run, naming the tensor.

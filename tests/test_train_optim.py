@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -90,17 +91,35 @@ def test_plateau_reduces_after_patience_and_restores():
     assert again.lr(50) == s.lr(50) and again.state_dict() == s.state_dict()
 
 
-def test_ema_tracks_parameters_and_copies_buffers():
+def test_ema_averages_parameters_and_bn_statistics_and_copies_counters():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     ema = EMA(model, decay=0.5)
     start = model[0].weight.detach().clone()
     with torch.no_grad():
         model[0].weight.add_(1.0)
         model[1].running_mean.fill_(3.0)
+        model[1].num_batches_tracked.fill_(7)
     ema.update(model)  # decay min(0.5, 2/11) = 2/11
     d = 2 / 11
     assert torch.allclose(ema.state["0.weight"], start * d + (start + 1) * (1 - d))
-    assert torch.equal(ema.state["1.running_mean"], torch.full((2,), 3.0))
+    # The running statistics are averaged like the weights they normalise (timm's ModelEmaV2/V3),
+    # not copied from the live network: 0 * d + 3 * (1 - d).
+    assert torch.allclose(ema.state["1.running_mean"], torch.full((2,), 3.0 * (1 - d)))
+    assert ema.state["1.num_batches_tracked"].item() == 7  # an integer counter: copied
+    # The average lives in its own tensors: the live model is untouched.
+    assert torch.equal(model[1].running_mean, torch.full((2,), 3.0))
+
+
+def test_precision_auto_is_bf16_exactly_where_the_hardware_has_it():
+    from resnets.train.engine import cpu_has_native_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    assert cpu_has_native_bf16() == (" avx512_bf16" in flags or " amx_bf16" in flags)
+    for fixed in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(fixed, cpu) == fixed
+    assert resolve_precision("auto", torch.device("mps")) == "fp32"
 
 
 def test_linear_decay_to_zero_and_warmup_stable_decay():
