@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--nchw", action="store_true", help="contiguous NCHW instead of channels-last")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="bf16: autocast, as train.precision=bf16 (fast only where the CPU has AVX512_BF16/AMX)")
     args = parser.parse_args()
     if not args.data:
         parser.error("give --data DIR or set RESNETS_DATA")
@@ -68,11 +70,12 @@ def main() -> None:
     ema = EMA(raw, 0.998)
 
     batches = iter(loader)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else None
 
     def one_step():
         with record_function("step/augment"):
             x, y = next(batches)
-        train_step(model, [(x, y)], optimizer, 0.1, raw_model=raw, ema=ema, label_smoothing=0.1)
+        train_step(model, [(x, y)], optimizer, 0.1, raw_model=raw, ema=ema, label_smoothing=0.1, autocast=autocast)
         with record_function("step/finite-check"):
             _first_nonfinite(raw, ema)
 
@@ -98,7 +101,7 @@ def main() -> None:
     total_us = wall * 1e6
     covered = sum(per.values())
     print(f"{args.model}, batch {args.batch}, {'NCHW' if args.nchw else 'channels-last'}"
-          f"{', compiled' if args.compile else ''}; {args.steps} steps, {wall / args.steps * 1e3:.1f} ms/step "
+          f"{', compiled' if args.compile else ''}, {args.precision}; {args.steps} steps, {wall / args.steps * 1e3:.1f} ms/step "
           f"({args.steps * args.batch / wall:.0f} img/s); torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
     print("| phase | kind | ms/step | share |\n|---|---|---:|---:|")

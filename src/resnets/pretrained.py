@@ -48,24 +48,24 @@ def _cifar10_fast(model: str, sha256: str, top1: float, top5: float, seconds: st
 
 
 def _cifar10_cpu(model: str, sha256: str, top1: float, top5: float, top1_flip: float, seconds: str,
-                 hardware: str) -> WeightsRecord:
-    """A model trained by ``configs/cifar10_cpu.yaml`` (30 epochs of 351 steps of 128,
-    warmup-stable-linear-decay; issue 13) on the same 45k/5k split as ``_cifar10_fast``.
-    ``val_top1_flip`` is with flip test-time augmentation (`resnets eval ... --holdout --tta flip`);
-    the paper's figures are without."""
+                 hardware: str, epochs: int, steps: int, overrides: str = "") -> WeightsRecord:
+    """A model trained by ``configs/cifar10_cpu.yaml`` (warmup-stable-linear-decay; issue 13) on the
+    same 45k/5k split as ``_cifar10_fast``. ``val_top1_flip`` is with flip test-time augmentation
+    (`resnets eval ... --holdout --tta flip`); the paper's figures are without."""
     return WeightsRecord(
         model=model, tag="cifar10", file=f"{model}_cifar10.safetensors", sha256=sha256, classes=CIFAR10_CLASSES,
         mean=(0.491376, 0.482182, 0.446706), std=(0.245233, 0.242864, 0.260666),
         metrics={"val_top1": top1, "val_top5": top5, "val_top1_flip": top1_flip},
-        command="resnets train --config configs/cifar10_cpu.yaml --data ../shared/datasets/cifar10-jpeg/train",
-        hardware=hardware, wall_time=f"{seconds} s of training (30 epochs, 10,530 steps of 128)",
+        command="resnets train --config configs/cifar10_cpu.yaml --data ../shared/datasets/cifar10-jpeg/train"
+                + overrides,
+        hardware=hardware, wall_time=f"{seconds} s of training ({epochs} epochs, {steps:,} steps of 128)",
     )
 
 
 # From runs of the project's own recipes; RESULTS.md gives the commands and the timings.
 RECORDS: list[WeightsRecord] = [
     _cifar10_cpu("resnet20", "29cf7edd61837f7368ae76a8f8a5d23f2d92189e2f608e9913b66cafb06141ee", 0.8552, 0.9884,
-                 0.8676, "7,068", "2-core x86 CPU (AMD EPYC, AVX2), shared with test runs during the run"),
+                 0.8676, "7,068", "2-core x86 CPU (AMD EPYC, AVX2), shared with test runs during the run", 30, 10_530),
     _cifar10_fast("resnet32", "8a63e28c7f65e8089a54b668b04371fa42cc285af035ebfdf696e5dcafeba072", 0.8372, 0.9898,
                   "2,260", "2-core x86 CPU (AMD EPYC, AVX2), otherwise idle"),
     _cifar10_fast("resnet56", "e448efacacfc3f421163c1e77a7f19dbe1620704f71f1b983b349101abbe2cd8", 0.8436, 0.9912,
