@@ -457,7 +457,7 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
             "= 1): its batch statistics would be those of a single image. Use at least 2 images per "
             "process and micro-batch, or set train.freeze_bn=true.")
     raw_model = model  # what checkpoints hold: no DDP `module.` or compile `_orig_mod.` prefixes
-    optimizer = build_optimizer(model, cfg.optim, ft.lr_mult)
+    optimizer = build_optimizer(model, cfg.optim, ft.lr_mult, thawing=unfreezer is not None)
     schedule = Schedule(cfg.schedule, cfg.optim.lr, total_steps, steps_per_epoch)
     ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)

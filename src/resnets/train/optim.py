@@ -37,12 +37,17 @@ def param_groups(model: nn.Module, weight_decay: float, lr_mult: dict[str, float
             for (decays, mult), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, lr_mult: dict[str, float] | None = None) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr_mult: dict[str, float] | None = None,
+                    thawing: bool = False) -> torch.optim.Optimizer:
+    """``thawing``: the set of trained parameters grows during training (gradual unfreezing)."""
     groups = param_groups(model, cfg.weight_decay, lr_mult)
     # One fused kernel over all tensors instead of a Python loop per tensor: torch's default on a
     # CPU is the per-tensor loop, 6x slower for ResNet-20's 65 tensors (benchmarks/bench_train.py).
-    fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32
-                                   for g in groups for p in g["params"]) else {}
+    # Not when stages thaw: torch's fused SGD refuses a step in which some momentum buffers exist
+    # and others do not yet (CI failure of 2026-12-02); the foreach path handles that case.
+    fusable = not thawing and all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32
+                                  for g in groups for p in g["params"])
+    fused = {"fused": True} if fusable else {"foreach": True}
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **fused)
     if cfg.name == "adam":  # L2 penalty added to the gradient, as Keras' Adam with kernel_regularizer
