@@ -43,7 +43,8 @@ def test_export_model_checks_with_onnxruntime(tmp_path, real_folder):
     report = export_model("resnet20", "cifar10", out=tmp_path / "r20.onnx", check_images=40,
                           data=DataChoice(str(real_folder), val_size=100))
     assert isinstance(report, ExportReport) and report.format == "onnx" and report.passed
-    assert report.onnxruntime_check["images"] == 40 and "real validation images" in report.onnxruntime_check["inputs"]
+    assert report.check["runtime"] == "onnxruntime" and report.check["images"] == 40
+    assert "real validation images" in report.check["inputs"]
     assert json.loads(json.dumps(report.to_dict()))["passed"] is True
     assert str(report).startswith(f"wrote {tmp_path / 'r20.onnx'} (onnx,")
 
