@@ -108,10 +108,19 @@ def file_metadata(meta: dict[str, Any], *, name: str, preprocessing: Preprocessi
         out["source_weights"] = weights
     if sha256:
         out["source_sha256"] = sha256
-    from . import __version__
-
-    out["resnets_version"] = __version__
+    out["resnets_version"] = _version()
     return {k: json.dumps(v) for k, v in out.items()}
+
+
+def _version() -> str:
+    # As resnets.__version__ says it; read here, since importing the package root from this layer
+    # would import every layer above it.
+    from importlib import metadata
+
+    try:
+        return metadata.version("resnets")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 def _decoded(raw: dict[str, str]) -> dict[str, Any]:

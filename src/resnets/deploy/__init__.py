@@ -43,8 +43,8 @@ from .quantize import (
     accuracy,
     compare_accuracy,
     predict,
-    quantize,
     quantize_aware_train,
+    quantize_int8,
     quantize_pt2e,
     quantize_static,
     resolve_method,
@@ -57,7 +57,7 @@ __all__ = [
     "FORMATS", "LoadedModel", "METHODS", "PT2EInt8", "Parity", "QuantReport", "accuracy", "compare", "compare_accuracy",
     "compile_for_inference", "conv_bn_pairs", "default_target_layer", "export", "export_onnx", "export_openvino", "export_pt2",
     "export_torchscript", "fine_tune", "fold_bn", "grad_cam", "load_exported", "load_model", "overlay",
-    "predict", "prune_structured", "prune_unstructured", "quantize", "quantize_aware_train", "quantize_pt2e",
+    "predict", "prune_structured", "prune_unstructured", "quantize_aware_train", "quantize_int8", "quantize_pt2e",
     "quantize_static", "resolve_method",
     "save_overlays", "sparsity", "to_channels_last",
 ]

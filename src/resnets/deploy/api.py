@@ -284,7 +284,7 @@ def quantize_model(model: str | None, weights: str | Path | None = None, *, data
     """int8 static quantization (PT2E, or the FX fallback with ``method="fx"``; QAT with ``qat_epochs``,
     through FX) calibrated on the split's training part, top-1 before and after on its held-out part,
     latency of both; ``out`` saves the int8 model (PT2E: ``.pt2``, FX: TorchScript ``.pt``)."""
-    from .quantize import compare_accuracy, quantize, quantize_aware_train, resolve_method
+    from .quantize import compare_accuracy, quantize_aware_train, quantize_int8, resolve_method
 
     flow = "fx" if qat_epochs else resolve_method(method)
     if out is not None and Path(out).suffix not in INT8_SUFFIXES[flow]:
@@ -300,7 +300,7 @@ def quantize_model(model: str | None, weights: str | Path | None = None, *, data
         int8 = quantize_aware_train(loaded.model, train, train_y, epochs=qat_epochs, lr=lr, log=log)
         how = f"QAT, {qat_epochs} epoch(s) on {len(train)} images"
     else:
-        int8 = quantize(loaded.model, calib, flow)
+        int8 = quantize_int8(loaded.model, calib, flow)
         how = f"post-training static, calibrated on {len(calib)} images"
     seconds = time.perf_counter() - start
     acc = compare_accuracy(loaded.model, int8, val_x, val_y, len(calib))

@@ -115,8 +115,9 @@ def export_pt2(model: nn.Module, example: Tensor, path: str | Path, *, dynamic_b
     """A ``torch.export`` archive; ``metadata`` as the extra file ``resnets.json`` inside it."""
     path = Path(path)
     shapes = ({0: _batch_dim()},) if dynamic_batch else None
+    model.eval()  # not chained: an int8 PT2E graph's eval() returns None (see quantize.py)
     with torch.no_grad():
-        program = torch.export.export(model.eval(), (example,), dynamic_shapes=shapes)
+        program = torch.export.export(model, (example,), dynamic_shapes=shapes)
     torch.export.save(program, str(path), extra_files={PT2_EXTRA: json.dumps(metadata or {})})
     return path
 
