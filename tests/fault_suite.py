@@ -196,7 +196,7 @@ def export_refuses(tmp: Path) -> None:
 def quantize_refuses(tmp: Path) -> None:
     path, data = nonfinite_weights(tmp), sample_folder(tmp / "data", 4)
     with writes_nothing(tmp):
-        expect(*cli("quantize", "--weights", path, "--data", data, "--out", tmp / "q.pt"), 2, str(path),
+        expect(*cli("quantize", "--weights", path, "--data", data, "--out", tmp / "q.pt2"), 2, str(path),
                NAN_MESSAGE)
 
 

@@ -181,6 +181,73 @@ def test_int8_static_quantization_keeps_accuracy_on_real_validation(trained, cif
     assert report.agreement >= MIN_INT8_AGREEMENT
 
 
+def test_int8_pt2e_lowers_every_conv_to_fused_int8_kernels_and_keeps_accuracy(trained, cifar):
+    """PT2E (issue 17, item 2): torch.export + X86InductorQuantizer + inductor. Every convolution
+    is quantized (one per-channel weight dequantization each) and lowered to a oneDNN int8 kernel,
+    those before an addition with the addition and ReLU fused in; top-1 on real held-out images
+    stays within the same bounds as FX's."""
+    pytest.importorskip("torchao")
+    from collections import Counter
+
+    from torch._dynamo.utils import counters
+
+    from resnets.deploy import PT2EInt8, quantize_pt2e
+
+    torch._dynamo.reset()
+    counters.clear()
+    int8 = quantize_pt2e(trained, cifar["train"][:256])
+    assert isinstance(int8, PT2EInt8)
+    ops = Counter(n.target for n in int8.graph.graph.nodes if n.op == "call_function")
+    convs = sum(isinstance(m, nn.Conv2d) for m in trained.modules())
+    # Conv-BN folded, one per-channel weight per conv plus the classifier's.
+    assert ops[torch.ops.quantized_decomposed.dequantize_per_channel.default] == convs + 1
+    report = compare_accuracy(trained, int8, cifar["val"], cifar["val_y"], 256)
+    print(f"\nint8 (PT2E) on {report.images} real val images: {report}")
+    compiled = counters["inductor"]
+    blocks = sum(1 for name, _ in trained.named_modules() if name.count(".") == 1 and name.startswith("layer"))
+    assert compiled["qconv_weight_prepack_matcher_count"] >= convs  # per compiled shape
+    assert compiled["qconv2d_binary_matcher_count"] >= blocks  # conv + add + ReLU, one per block
+    assert report.drop <= MAX_INT8_DROP_POINTS
+    assert report.agreement >= MIN_INT8_AGREEMENT
+    # The lowered kernels and the reference quantize/dequantize graph choose the same classes.
+    x = cifar["val"][:128]
+    assert (int8(x).argmax(1) == int8.reference(x).argmax(1)).float().mean() >= 0.97
+
+
+def test_fx_is_the_fallback_and_says_so(monkeypatch):
+    from resnets.deploy import quantize as quantize_module
+    from resnets.deploy import resolve_method
+
+    with pytest.warns(UserWarning, match="FX graph mode.*fallback"):
+        assert resolve_method("fx") == "fx"
+    monkeypatch.setattr(quantize_module, "torchao_available", lambda: False)
+    with pytest.warns(UserWarning, match='torchao is not installed \\(pip install "resnets\\[deploy\\]"\\)'):
+        assert resolve_method("pt2e") == "fx"
+    with pytest.raises(ValueError, match="one of pt2e, fx"):
+        resolve_method("qnnpack")
+
+
+def test_cli_quantize_pt2e_saves_a_program_that_serves_alone(cifar_train_dir, cifar, tmp_path, capsys):
+    """``resnets quantize`` (PT2E, the default) --out .pt2: a torch.export archive with the weights'
+    metadata, which ``predict``/``serve`` open with the torch backend, no weights needed."""
+    pytest.importorskip("torchao")
+    from resnets.cli import main
+    from resnets.runtime import open_backend
+
+    out = tmp_path / "int8.pt2"
+    rc = main(["quantize", "--model", "resnet20", "--weights", "cifar10", "--data", str(cifar_train_dir),
+               "--calibration", "128", "--val", "200", "--json", "--out", str(out)])
+    q = json.loads(capsys.readouterr().out)
+    assert rc == 0 and q["flow"] == "pt2e" and q["out"] == str(out) and q["images"] == 200
+    assert q["drop"] <= 2.0 and q["agreement"] >= 0.9
+    served = open_backend(out)
+    assert served.backend == "torch" and served.name == "resnet20" and served.classes[0] == "airplane"
+    assert served.exported_from["weights"] == "cifar10" and served.prepared().input_size == (32, 32)
+    reference = open_backend("cifar10", model="resnet20")
+    x = cifar["val"][:50]  # other statistics than the weights', but the same network input for both
+    assert (served(x).argmax(1) == reference(x).argmax(1)).float().mean() >= 0.9
+
+
 @pytest.mark.parametrize("record", RECORDS, ids=lambda r: f"{r.model}-{r.tag}")
 def test_int8_of_shipped_weights_meets_the_half_point_goal(record, cifar_train_dir, capsys):
     """Issue 7's goal, on converged weights and the whole 5k held-out split: post-training int8
@@ -353,7 +420,8 @@ def test_cli_export_onnx_checks_against_pytorch(zoo_weights, cifar, cifar_train_
                "--check-images", "120", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert rc == 0 and out.is_file()
-    check = result["onnxruntime_check"]
+    check = result["check"]
+    assert check["runtime"] == "onnxruntime"
     assert check["images"] == 120 and "real validation images" in check["inputs"]
     assert result["split"] == {"data": str(cifar_train_dir), "val_size": 4000, "split_seed": 1,
                                "from": "the weights' recipe"}
@@ -364,15 +432,43 @@ def test_cli_export_onnx_checks_against_pytorch(zoo_weights, cifar, cifar_train_
         assert parity.max_abs_diff < 1e-3 and parity.top1_agreement == 1.0
 
 
+def test_export_openvino_checks_against_pytorch_and_carries_metadata(cifar_train_dir, cifar, tmp_path, capsys):
+    """OpenVINO IR (issue 17, item 1): the command's parity check by OpenVINO on real images, as ONNX's
+    by onnxruntime; fp32 weights in the .bin; the weights' metadata in the IR's rt_info."""
+    pytest.importorskip("openvino")
+    from resnets.cli import main
+    from resnets.pretrained import find
+    from resnets.runtime import read_file_metadata
+
+    out = tmp_path / "r20.xml"
+    rc = main(["export", "--model", "resnet20", "--weights", "cifar10", "--format", "openvino", "--out", str(out),
+               "--data", str(cifar_train_dir), "--check-images", "120", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert rc == 0 and result["passed"] and result["format"] == "openvino"
+    check = result["check"]
+    assert check["runtime"] == "openvino" and check["images"] == 120 and "real validation images" in check["inputs"]
+    assert check["max_abs_diff"] < 1e-4 and check["top1_agreement"] == 1.0
+    # fp32 weights (save_model would halve them to fp16): about 4 bytes per parameter.
+    assert out.with_suffix(".bin").stat().st_size > 4 * 269_722 * 0.95
+    meta = read_file_metadata(out)
+    assert meta["source_sha256"] == find("resnet20", "cifar10").sha256 and meta["classes"][0] == "airplane"
+    assert "source_sha256" in result["metadata"]
+    run = load_exported(out, "openvino")
+    model = resnets.create_model("resnet20", weights="cifar10").eval()
+    for n in (1, 7):  # the batch dimension is dynamic
+        assert compare(model, run, cifar["val"][:n]).max_abs_diff < 1e-4
+
+
 def test_cli_quantize_prune_explain(zoo_weights, cifar_train_dir, cifar, tmp_path, capsys, monkeypatch):
     from resnets.cli import main
 
     data = ["--data", str(cifar_train_dir)]
     weights_file = zoo_weights[0]
-    rc = main(["quantize", "--weights", str(weights_file), *data, "--calibration", "128", "--val", "300", "--json",
-               "--out", str(tmp_path / "int8.pt")])
+    with pytest.warns(UserWarning, match="FX graph mode.*fallback"):
+        rc = main(["quantize", "--weights", str(weights_file), *data, "--calibration", "128", "--val", "300",
+                   "--json", "--method", "fx", "--out", str(tmp_path / "int8.pt")])
     q = json.loads(capsys.readouterr().out)
-    assert rc == 0 and q["images"] == 300 and q["calibration_images"] == 128
+    assert rc == 0 and q["images"] == 300 and q["calibration_images"] == 128 and q["flow"] == "fx"
     # The saved int8 TorchScript runs on its own, with a batch size other than the example's.
     saved = torch.jit.load(q["out"])
     assert saved(cifar["val"][:5]).shape == (5, 10)
@@ -408,6 +504,11 @@ def test_cli_errors_are_usage_errors(tmp_path, capsys):
 
     assert main(["export", "--model", "resnet20", "--out", str(tmp_path / "m.xyz")]) == 2
     assert "cannot tell the format" in capsys.readouterr().err
+    assert main(["export", "--model", "resnet20", "--format", "openvino", "--out", str(tmp_path / "m.ir")]) == 2
+    assert "--out m.xml" in capsys.readouterr().err
+    # Refused before any work: the PT2E model is a torch.export archive, FX's is TorchScript.
+    assert main(["quantize", "--model", "resnet20", "--weights", "cifar10", "--out", str(tmp_path / "q.pt")]) == 2
+    assert "saved as .pt2" in capsys.readouterr().err
     assert main(["quantize", "--model", "resnet20", "--weights", str(tmp_path / "none.safetensors")]) == 2
     assert "weights file not found" in capsys.readouterr().err
 
@@ -416,11 +517,12 @@ def test_bench_infer_json(capsys):
     from resnets.cli import main
 
     rc = main(["bench", "infer", "--model", "resnet18", "--size", "64", "--batch", "4", "--iters", "2",
-               "--warmup", "1", "--variants", "torchvision,eager,channels_last,bf16,int8", "--json"])
+               "--warmup", "1", "--variants", "torchvision,eager,channels_last,bf16,int8_fx", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert rc == 0 and result["device"] == "cpu"
     rows = {r["variant"]: r for r in result["rows"]}
-    assert list(rows) == ["torchvision", "eager", "channels_last", "bf16", "int8"]
+    assert list(rows) == ["torchvision", "eager", "channels_last", "bf16", "int8_fx"]
+    assert result["notes"] == [] and result["goals"] == []  # named variants; no int8 (PT2E) row, no runtime row
     assert rows["torchvision"]["throughput_ratio"] == 1.0
     for r in rows.values():
         assert r["latency_ms"] > 0 and r["throughput"] > 0
@@ -431,8 +533,8 @@ def test_bench_infer_device_errors_name_the_problem(capsys):
     from resnets.cli import main
     from resnets.deploy.bench import bench_infer
 
-    with pytest.raises(ValueError, match="int8, onnxruntime run on the CPU only"):
-        bench_infer("resnet18", variants=("eager", "int8", "onnxruntime"), device="cuda")
+    with pytest.raises(ValueError, match="int8, onnxruntime, openvino run on the CPU only"):
+        bench_infer("resnet18", variants=("eager", "int8", "onnxruntime", "openvino"), device="cuda")
     with pytest.raises(ValueError, match="runs on cpu or cuda"):
         bench_infer("resnet18", device="mps")
     if not torch.cuda.is_available():

@@ -182,6 +182,37 @@ def test_model_card(client):
     assert card["weights"] == "cifar10"
     assert card["sha256"] == hashlib.sha256(WEIGHTS_FILE.read_bytes()).hexdigest()
     assert card["batching"] == {"max_batch": 32, "max_wait_ms": 5.0, "queue_size": 256}
+    assert card["backend"] == "torch" and card["runtime"].startswith("torch ") and card["exported_from"] is None
+
+
+@pytest.mark.parametrize("suffix,backend", [("onnx", "onnxruntime"), ("xml", "openvino")])
+def test_serving_an_exported_file_alone(suffix, backend, real_images, tmp_path_factory):
+    """``resnets serve --weights model.onnx`` (issue 17, item 1): the file's own metadata is enough;
+    /v1/model says which backend runs it and what it was exported from; predictions equal PyTorch's
+    (``resnets predict`` on the weights) within 1e-4; Grad-CAM, which needs PyTorch, answers 501."""
+    pytest.importorskip({"onnx": "onnxruntime", "xml": "openvino"}[suffix])
+    from resnets.deploy import export_model
+
+    out = tmp_path_factory.mktemp("exported") / f"resnet20.{suffix}"
+    export_model("resnet20", "cifar10", out=out, check=False)
+    with TestClient(create_app(out, threads=1)) as c:
+        card = c.get("/v1/model").json()
+        assert card["backend"] == backend and card["name"] == "resnet20" and card["classes"] == CLASSES
+        assert card["weights"] == out.name and card["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+        assert card["exported_from"] == {"weights": "cifar10",
+                                         "sha256": hashlib.sha256(WEIGHTS_FILE.read_bytes()).hexdigest()}
+        assert card["parameters"] == 269722 and card["input_size"] == [3, 32, 32]
+        r = c.post("/v1/predict?topk=10", files=multipart([p for p, _, _ in real_images]))
+        assert r.status_code == 200, r.text
+        for (_, label, cli), pred in zip(real_images, r.json()["predictions"]):
+            served, expected = probs_of(pred), probs_of(cli)
+            assert pred["top"][0]["class"] == label
+            assert max(abs(served[k] - expected[k]) for k in expected) <= 1e-4
+        explained = c.post("/v1/explain", files=[("image", ("a.jpg", real_images[0][0].read_bytes(), "image/jpeg"))])
+        assert explained.status_code == 501 and error_code(explained) == "not_implemented"
+        assert "--backend torch" in explained.json()["error"]["message"]
+        assert c.get("/v2/models/resnet20").json()["platform"] == {"onnxruntime": "onnxruntime_onnx",
+                                                                    "openvino": "openvino"}[backend]
 
 
 def test_health_readiness_and_openapi(client):

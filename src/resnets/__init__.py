@@ -8,6 +8,7 @@ from .models import DenseNet, ResNet, cifar_resnet, imagenet_resnet, resnet_v1, 
 from .preprocessing import Preprocessing, PreprocessingError, transforms_for
 from .profile import Profile, count_params, profile
 from .registry import create_model, list_models, load_model, model_entry, register_model
+from .runtime import Backend, open_backend
 
 try:  # the installed distribution's version (pyproject.toml), one place for it
     __version__ = _metadata.version("resnets")
@@ -15,10 +16,10 @@ except _metadata.PackageNotFoundError:  # a source tree on sys.path without `pip
     __version__ = "0+unknown"
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "DenseNet", "PreActBasicBlock", "PreActBottleneck", "Preprocessing",
+    "Backend", "BasicBlock", "Bottleneck", "DenseNet", "PreActBasicBlock", "PreActBottleneck", "Preprocessing",
     "PreprocessingError", "Profile", "ResNet",
     "cifar_resnet", "count_params", "create_model", "imagenet_resnet", "list_models", "load_model", "model_entry",
-    "profile", "register_model", "resnet_v1", "resnet_v2", "transforms_for", "wide_resnet_cifar",
+    "open_backend", "profile", "register_model", "resnet_v1", "resnet_v2", "transforms_for", "wide_resnet_cifar",
 ]
 
 # Training API (issue 4): resnets.train(config), resnets.evaluate(weights, data), resnets.predict(weights, images).

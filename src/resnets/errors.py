@@ -18,3 +18,21 @@ class UnknownNameError(InputError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the message quoted
         return str(self.args[0]) if self.args else ""
+
+
+class MissingExtraError(InputError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+def need(module: str, extra: str, what: str):
+    """Import ``module`` for ``what`` (a command or feature), or raise :class:`MissingExtraError`
+    saying which extra to install (issue 17, item 5). The one place that says it, so every command
+    with optional dependencies says it the same way. Returns the module."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        missing = exc.name or module
+        raise MissingExtraError(f'{what}: {missing} is missing; it comes with the {extra} extra: pip install '
+                                f'"resnets[{extra}]" (in a checkout: pip install -e ".[{extra}]")') from None

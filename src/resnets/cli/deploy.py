@@ -45,7 +45,8 @@ def run_quantize(args) -> int:
 
     report = quantize_model(args.model, args.weights, data=_data(args), calibration=args.calibration, val=args.val,
                             max_drop=args.max_drop, qat_epochs=args.qat_epochs, qat_images=args.qat_images,
-                            lr=args.lr, out=args.out, num_classes=args.num_classes, log=lambda m: _say(args, m))
+                            lr=args.lr, out=args.out, num_classes=args.num_classes, method=args.method,
+                            log=lambda m: _say(args, m))
     _print(args, report)
     return 3 if report.exceeded and args.strict else 0
 
@@ -132,19 +133,25 @@ def _common(parser, data: bool = True) -> None:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("export", help="export to ONNX, TorchScript or PT2 (dynamic batch), checked")
+    p = subparsers.add_parser("export", help="export to ONNX, OpenVINO IR, TorchScript or PT2 (dynamic batch), "
+                                             "checked, with the weights' metadata")
     _common(p)
-    p.add_argument("--format", choices=["onnx", "torchscript", "pt2"], help="default: from --out's suffix")
-    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--format", choices=["onnx", "openvino", "torchscript", "pt2"],
+                   help="default: from --out's suffix (.onnx, .xml, .pt, .pt2)")
+    p.add_argument("--out", required=True, help="output file (OpenVINO: the .xml; its .bin is written beside it)")
     p.add_argument("--size", type=int, help="input side (default: the model's)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch dimension")
-    p.add_argument("--no-check", dest="check", action="store_false", help="skip the onnxruntime check")
-    p.add_argument("--check-images", type=int, default=256, help="validation images for the ONNX check")
+    p.add_argument("--no-check", dest="check", action="store_false",
+                   help="skip the check of an ONNX (onnxruntime) or OpenVINO file against PyTorch")
+    p.add_argument("--check-images", type=int, default=256, help="validation images for the check")
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest acceptable |logit difference|")
     p.set_defaults(func=run_export)
 
-    p = subparsers.add_parser("quantize", help="int8 static quantization (or QAT), accuracy before/after")
+    p = subparsers.add_parser("quantize", help="int8 static quantization (PT2E; or QAT), accuracy before/after")
     _common(p)
+    p.add_argument("--method", choices=["pt2e", "fx"], default="pt2e",
+                   help="pt2e: torch.export + torchao's X86InductorQuantizer, lowered by inductor (the default; "
+                        "torchao is in the deploy extra); fx: FX graph mode, torch's deprecated path, the fallback")
     p.add_argument("--calibration", type=int, default=512, help="training images for calibration")
     p.add_argument("--val", type=int, default=2000,
                    help="validation images for the accuracy check, drawn from the split's held-out part")
@@ -153,7 +160,8 @@ def register(subparsers) -> None:
     p.add_argument("--qat-epochs", type=int, default=0, help="quantization-aware training epochs (0: PTQ)")
     p.add_argument("--qat-images", type=int, default=0, help="training images for QAT")
     p.add_argument("--lr", type=float, default=1e-3, help="QAT learning rate")
-    p.add_argument("--out", help="save the int8 model as TorchScript")
+    p.add_argument("--out", help="save the int8 model: .pt2 (pt2e: a torch.export archive with the weights' "
+                                 "metadata) or .pt (fx, QAT: TorchScript)")
     p.set_defaults(func=run_quantize)
 
     p = subparsers.add_parser("prune", help="structured or unstructured pruning with a short fine-tune")
@@ -181,17 +189,18 @@ def register(subparsers) -> None:
 
     bench = subparsers.add_parser("bench", help="benchmarks")
     sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
-    p = sub.add_parser("infer", help="inference: torchvision eager vs ours eager/channels-last/compiled/int8/ORT "
-                                     "(CPU) or compiled/bf16 (GPU)")
+    p = sub.add_parser("infer", help="inference: torchvision eager vs ours eager/channels-last/compiled/int8, "
+                                     "onnxruntime and OpenVINO fp32/int8 (CPU), or compiled/bf16 (GPU)")
     p.add_argument("--model", default="resnet50")
     p.add_argument("--size", type=int, help="input side (default: the model's, 224 for resnet50)")
     p.add_argument("--batch", type=int, default=32, help="batch size for throughput")
     p.add_argument("--iters", type=int, default=10, help="timed calls per measurement (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (compilation happens here)")
     p.add_argument("--variants", help="comma-separated subset of: " + ",".join(VARIANTS) + " (default: "
-                   + ",".join(DEFAULT_VARIANTS["cpu"]) + "; on cuda " + ",".join(DEFAULT_VARIANTS["cuda"]) + ")")
+                   + ",".join(DEFAULT_VARIANTS["cpu"]) + ", less the runtimes not installed; on cuda "
+                   + ",".join(DEFAULT_VARIANTS["cuda"]) + ")")
     p.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU figures (fp32, compiled, bf16)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="threads for torch, onnxruntime and OpenVINO alike (default: torch's choice)")
     p.add_argument("--data", help="real images for int8 calibration, from the training part of the split "
                                   "(default: $RESNETS_DATA)")
     p.add_argument("--json", action="store_true")

@@ -10,13 +10,12 @@ from . import UsageError
 
 
 def run(args) -> int:
-    try:
-        import uvicorn  # noqa: F401 - checked here, so that a missing extra is a message
+    from ..errors import need
 
-        from ..serve import create_app
-    except ImportError as exc:
-        raise UsageError(f"resnets serve needs the serve extra ({exc.name} is missing): "
-                         'pip install -e ".[serve]"') from None
+    for module in ("uvicorn", "fastapi", "prometheus_client"):  # so that a missing extra is a message
+        need(module, "serve", "resnets serve")
+    from ..serve import create_app
+
     token = _token(args)
     if args.threads:
         import torch
@@ -26,7 +25,8 @@ def run(args) -> int:
                      max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, timeout_s=args.timeout,
                      max_bytes=args.max_bytes, max_pixels=args.max_pixels,
                      max_request_pixels=args.max_request_pixels, max_requests=args.max_requests,
-                     max_inflight_bytes=args.max_inflight_bytes, token=token, batching=not args.no_batching)
+                     max_inflight_bytes=args.max_inflight_bytes, token=token, batching=not args.no_batching,
+                     backend=args.backend, threads=args.threads)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         print(f"warning: serving on {args.host} without a token: anyone who can reach it can use it")
     if args.drain < 0:
@@ -65,13 +65,18 @@ def register(subparsers) -> None:
                     "/healthz, /readyz, /openapi.json; the Open Inference Protocol (KServe v2, Triton's HTTP "
                     "clients) under /v2; Prometheus metrics at /metrics. Listens on the loopback interface unless "
                     "--host says otherwise.")
-    p.add_argument("--weights", required=True, help="weights file, or a shipped tag such as cifar10 (with --model)")
+    p.add_argument("--weights", required=True, help="weights file, or a shipped tag such as cifar10 (with --model), "
+                                                    "or an exported model file (.onnx, .xml, .pt2) with its metadata")
     p.add_argument("--model", help="model name (default: from the weights' metadata)")
+    from .train import add_backend_argument
+
+    add_backend_argument(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's choice; on a machine "
-                                              "busy with other work, 1 avoids threads waiting on each other)")
+    p.add_argument("--threads", type=int, help="CPU threads for the model, whatever the backend (default: the "
+                                              "runtime's choice; on a machine busy with other work, 1 avoids threads "
+                                              "waiting on each other)")
     p.add_argument("--max-batch", type=int, default=32, help="images per forward pass at most")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long the oldest request waits for others to share its batch")

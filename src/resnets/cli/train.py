@@ -60,7 +60,7 @@ def run_eval(args) -> int:
     # Nothing is written unless asked for: --confusion PNG, --out JSON.
     result = evaluate(args.weights, args.data, model=args.model, tta=args.tta, batch_size=args.batch_size,
                       device=args.device, split=args.split, confusion_png=args.confusion, holdout=args.holdout,
-                      val_size=args.val_size, split_seed=args.split_seed)
+                      val_size=args.val_size, split_seed=args.split_seed, backend=args.backend)
     if args.out:
         from ..weights_io import atomic_write
 
@@ -82,7 +82,8 @@ def run_eval(args) -> int:
 def run_predict(args) -> int:
     from ..train import predict
 
-    results = predict(args.weights, args.images, topk=args.topk, model=args.model, device=args.device)
+    results = predict(args.weights, args.images, topk=args.topk, model=args.model, device=args.device,
+                      backend=args.backend)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -90,6 +91,17 @@ def run_predict(args) -> int:
         top = "  ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"])
         print(f"{r['path']}: {top}")
     return 0
+
+
+def add_backend_argument(parser) -> None:
+    """``--backend``, shared by eval, predict and serve."""
+    from ..runtime import BACKENDS
+
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="what runs the model: torch (weights, or a .pt2), onnxruntime (an .onnx file from "
+                             "resnets export) or openvino (an .xml from export --format openvino, or an .onnx); "
+                             "default: torch, or the exported file's runtime; onnxruntime and openvino come with "
+                             'the deploy extra (pip install "resnets[deploy]")')
 
 
 def register(subparsers) -> None:
@@ -105,7 +117,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser("eval", help="accuracy of trained weights on a labelled image folder")
-    p.add_argument("--weights", required=True, help=".safetensors export or .pt checkpoint")
+    p.add_argument("--weights", required=True, help=".safetensors export or .pt checkpoint, or an exported "
+                                                    "model file (.onnx, .xml, .pt2)")
+    add_backend_argument(p)
     p.add_argument("--model", help="model name (default: from the weights' metadata)")
     p.add_argument("--data", required=True, help="image folder (class sub-folders) or CIFAR archive folder")
     p.add_argument("--split", help="test, val or train (default: test if present, else val, else the folder)")
@@ -123,7 +137,9 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("predict", help="classify images with trained weights")
     p.add_argument("images", nargs="+", metavar="IMAGE|DIR")
-    p.add_argument("--weights", required=True, help=".safetensors export or .pt checkpoint")
+    p.add_argument("--weights", required=True, help=".safetensors export or .pt checkpoint, or an exported "
+                                                    "model file (.onnx, .xml, .pt2)")
+    add_backend_argument(p)
     p.add_argument("--model", help="model name (default: from the weights' metadata)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="cpu")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import InputError, need
 
 CLASSES = ("background", "csf/other", "grey matter", "white matter")
 
@@ -37,10 +37,7 @@ class SliceSet:
 
 
 def _templates(resolution: int):
-    try:
-        from nilearn import datasets
-    except ImportError:
-        raise InputError('the brain-scan dataset needs nilearn: pip install "resnets[medical]"') from None
+    datasets = need("nilearn.datasets", "medical", "the brain-scan dataset")
     load = (datasets.load_mni152_template, datasets.load_mni152_gm_template, datasets.load_mni152_wm_template,
             datasets.load_mni152_brain_mask)
     return [np.asarray(f(resolution=resolution).dataobj, dtype=np.float32) for f in load]

@@ -32,7 +32,9 @@ from ..errors import InputError
 from ..preprocessing import Preprocessing
 from .weights import LoadedModel, load_model
 
-SUFFIX_FORMATS = {".onnx": "onnx", ".pt2": "pt2", ".pt": "torchscript", ".ts": "torchscript"}
+SUFFIX_FORMATS = {".onnx": "onnx", ".xml": "openvino", ".pt2": "pt2", ".pt": "torchscript", ".ts": "torchscript"}
+# The formats checked against PyTorch after export, and the runtime that checks each.
+CHECKED = {"onnx": "onnxruntime", "openvino": "openvino"}
 Log = Callable[[str], None]
 
 
@@ -124,9 +126,12 @@ class ExportReport(_Report):
     out: str
     bytes: int
     dynamic_batch: bool
-    onnxruntime_check: dict[str, Any] | None = None  # max_abs_diff, top1_agreement, images, inputs
+    # The exported file run by its runtime against PyTorch: runtime, max_abs_diff, top1_agreement,
+    # images, inputs (None: not checked, a TorchScript or PT2 file or --no-check).
+    check: dict[str, Any] | None = None
     tolerance: float = 1e-3
     split: dict[str, Any] | None = None
+    metadata: list[str] = field(default_factory=list)  # the keys written into the file
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,23 +139,24 @@ class ExportReport(_Report):
 
     @property
     def passed(self) -> bool:
-        """No check, or onnxruntime agrees with PyTorch within the tolerance, on >= 99% of top-1, with no
+        """No check, or the runtime agrees with PyTorch within the tolerance, on >= 99% of top-1, with no
         NaN/inf logits (:meth:`resnets.deploy.export.Parity.ok`; NaN fails)."""
         from .export import Parity
 
-        c = self.onnxruntime_check
+        c = self.check
         return c is None or Parity(c["max_abs_diff"], c["top1_agreement"], c["images"], c.get("nonfinite", 0)).ok(
             self.tolerance)
 
     def __str__(self) -> str:
-        lines = [f"wrote {self.out} ({self.format}, {self.bytes / 1e6:.1f} MB, "
-                 f"{'dynamic' if self.dynamic_batch else 'static'} batch)"]
-        if c := self.onnxruntime_check:
-            lines.append(f"onnxruntime vs PyTorch on {c['inputs']}: max |diff| {c['max_abs_diff']:.3g}, "
+        size = self.bytes / 1e6
+        lines = [f"wrote {self.out} ({self.format}, {size:.1f} MB, {'dynamic' if self.dynamic_batch else 'static'} batch"
+                 + ("; the weights' metadata inside" if self.metadata else "") + ")"]
+        if c := self.check:
+            lines.append(f"{c['runtime']} vs PyTorch on {c['inputs']}: max |diff| {c['max_abs_diff']:.3g}, "
                          f"top-1 agreement {100 * c['top1_agreement']:.2f}%"
                          + (f", NaN/inf logits on {c['nonfinite']} input(s)" if c.get("nonfinite") else ""))
             if not self.passed:
-                lines.append(f"WARNING: the ONNX model disagrees with PyTorch (tolerance {self.tolerance})")
+                lines.append(f"WARNING: the {self.format} model disagrees with PyTorch (tolerance {self.tolerance})")
         return "\n".join(lines)
 
 
@@ -158,26 +164,37 @@ def export_model(model: str | None, weights: str | Path | None = None, *, out: s
                  format: str | None = None, size: int | None = None, dynamic_batch: bool = True,
                  check: bool = True, check_images: int = 256, tolerance: float = 1e-3,
                  data: DataChoice | None = None, num_classes: int | None = None, log: Log = _quiet) -> ExportReport:
-    """Export to ONNX, TorchScript or PT2 (format from ``out``'s suffix unless given); an ONNX file is
-    checked against PyTorch with onnxruntime on real held-out images (random ones without data)."""
+    """Export to ONNX, OpenVINO IR, TorchScript or PT2 (format from ``out``'s suffix unless given).
+    ONNX and OpenVINO files are checked against PyTorch by their own runtime on real held-out images
+    (random ones without data); ONNX, OpenVINO and PT2 files carry the weights' metadata."""
     from ..data import data_dir, sample_images
+    from ..runtime import file_metadata
     from .export import compare, export, load_exported
 
     choice = data or DataChoice()
     loaded = load_model(model, weights, num_classes)
     fmt = format or SUFFIX_FORMATS.get(Path(out).suffix)
     if fmt is None:
-        raise InputError(f"cannot tell the format from {str(out)!r}; pass --format onnx|torchscript|pt2")
+        raise InputError(f"cannot tell the format from {str(out)!r}; pass --format onnx|openvino|torchscript|pt2")
     shape = loaded.input_size if not size else (loaded.input_size[0], size, size)
-    path = export(loaded.model, torch.randn(2, *shape), out, fmt, dynamic_batch=dynamic_batch)
-    report = ExportReport(loaded.name, fmt, str(path), path.stat().st_size, dynamic_batch, tolerance=tolerance)
-    if fmt == "onnx" and check:
+    if loaded.preprocessing is None and not (choice.mean or choice.std):
+        prep, source = None, ""  # exported all the same; the file carries no preprocessing to serve it by
+    else:
+        prep, source = preprocessing_for(loaded, choice)
+    if prep is not None and size:  # exported for another size: the same preprocessing, scaled to it
+        resize = (size, size) if prep.crop == "none" else (round(size * 256 / 224),)
+        prep = dataclasses.replace(prep, input_size=(size, size), resize_size=resize)
+    metadata = file_metadata(loaded.metadata, name=loaded.name, preprocessing=prep, classes=loaded.classes,
+                             parameters=_parameters(loaded.model), **_source_weights(loaded.name, weights))
+    path = export(loaded.model, torch.randn(2, *shape), out, fmt, dynamic_batch=dynamic_batch, metadata=metadata)
+    written = sorted(metadata) if fmt in ("onnx", "openvino", "pt2") else []
+    report = ExportReport(loaded.name, fmt, str(path), _file_bytes(path), dynamic_batch, tolerance=tolerance,
+                          metadata=written)
+    if fmt in CHECKED and check:
         if data_dir(choice.data, loaded.metadata) is not None:
+            if prep is None:
+                raise InputError(loaded.preprocessing_error)
             split = open_model_split(loaded, choice, report.notes.append)
-            prep, source = preprocessing_for(loaded, choice)
-            if size:  # exported for another size: the same preprocessing, scaled to it
-                resize = (size, size) if prep.crop == "none" else (round(size * 256 / 224),)
-                prep = dataclasses.replace(prep, input_size=(size, size), resize_size=resize)
             images, _ = sample_images(split.val, check_images, prep, seed=1)
             inputs = prep.normalize(images)
             what = f"{len(images)} real validation images from {split.root} (preprocessing from {source})"
@@ -187,11 +204,29 @@ def export_model(model: str | None, weights: str | Path | None = None, *, out: s
         if not dynamic_batch:  # the file accepts only the example's batch of 2
             inputs = inputs[: len(inputs) // 2 * 2]
         # Batches of 50 on purpose: a shorter last batch exercises the dynamic batch dimension.
-        parity = compare(loaded.model, load_exported(path, "onnx"), inputs, batch_size=50 if dynamic_batch else 2)
-        report.onnxruntime_check = {**parity.to_dict(), "inputs": what}
+        parity = compare(loaded.model, load_exported(path, fmt), inputs, batch_size=50 if dynamic_batch else 2)
+        report.check = {"runtime": CHECKED[fmt], **parity.to_dict(), "inputs": what}
     for note in report.notes:
         log(f"note: {note}")
     return report
+
+
+def _source_weights(name: str, weights: str | Path | None) -> dict[str, str | None]:
+    """The source weights' file name (or shipped tag) and sha256, as an exported file records them."""
+    if weights is None:
+        return {"weights": None, "sha256": None}
+    from ..pretrained import resolve, sha256_of
+
+    return {"weights": Path(str(weights)).name, "sha256": sha256_of(resolve(name, weights))}
+
+
+def _parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _file_bytes(path: Path) -> int:
+    """The size of what was written: OpenVINO IR is the .xml and the .bin beside it."""
+    return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
 
 
 # ---- quantize ---------------------------------------------------------------------------------
@@ -199,7 +234,7 @@ def export_model(model: str | None, weights: str | Path | None = None, *, out: s
 @dataclass
 class QuantizeReport(_Report):
     model: str
-    method: str
+    method: str  # how: post-training static (with its calibration) or QAT
     fp32_top1: float  # percent, on `images` held-out images
     int8_top1: float
     drop: float  # percentage points, fp32 - int8
@@ -213,6 +248,7 @@ class QuantizeReport(_Report):
     normalization: str
     split: dict[str, Any]
     out: str | None = None
+    flow: str = "pt2e"  # "pt2e" (torch.export + torchao, lowered by inductor) or "fx" (the fallback)
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "exceeded": self.exceeded}
@@ -222,12 +258,13 @@ class QuantizeReport(_Report):
         return self.drop > self.max_drop
 
     def __str__(self) -> str:
-        lines = [f"int8 ({self.method}) in {self.seconds:.1f} s; {self.normalization}",
+        flow = "PT2E, X86InductorQuantizer, inductor" if self.flow == "pt2e" else "FX graph mode, x86: the fallback"
+        lines = [f"int8 ({self.method}; {flow}) in {self.seconds:.1f} s; {self.normalization}",
                  f"top-1 on {self.images} validation images: fp32 {self.fp32_top1:.2f}% -> int8 {self.int8_top1:.2f}% "
                  f"(drop {self.drop:+.2f} points, agreement {100 * self.agreement:.1f}%)",
                  f"latency at batch 1: fp32 {self.latency_ms_fp32:.2f} ms, int8 {self.latency_ms_int8:.2f} ms"]
         if self.out:
-            lines.append(f"wrote {self.out} (TorchScript, int8)")
+            lines.append(f"wrote {self.out} ({'torch.export archive' if self.flow == 'pt2e' else 'TorchScript'}, int8)")
         if self.exceeded:
             banner = "!" * 78
             lines += [banner, f"WARNING: int8 accuracy dropped {self.drop:.2f} points, more than the allowed "
@@ -236,14 +273,23 @@ class QuantizeReport(_Report):
         return "\n".join(lines)
 
 
+# What each flow saves: PT2E a torch.export archive (with the weights' metadata), FX TorchScript.
+INT8_SUFFIXES = {"pt2e": (".pt2",), "fx": (".pt", ".ts")}
+
+
 def quantize_model(model: str | None, weights: str | Path | None = None, *, data: DataChoice | None = None,
                    calibration: int = 512, val: int = 2000, max_drop: float = 0.5, qat_epochs: int = 0,
                    qat_images: int = 0, lr: float = 1e-3, out: str | Path | None = None,
-                   num_classes: int | None = None, log: Log = _quiet) -> QuantizeReport:
-    """int8 static quantization (or QAT with ``qat_epochs``) calibrated on the split's training part,
-    top-1 before and after on its held-out part, latency of both; ``out`` saves the int8 TorchScript."""
-    from .quantize import compare_accuracy, quantize_aware_train, quantize_static
+                   num_classes: int | None = None, method: str = "pt2e", log: Log = _quiet) -> QuantizeReport:
+    """int8 static quantization (PT2E, or the FX fallback with ``method="fx"``; QAT with ``qat_epochs``,
+    through FX) calibrated on the split's training part, top-1 before and after on its held-out part,
+    latency of both; ``out`` saves the int8 model (PT2E: ``.pt2``, FX: TorchScript ``.pt``)."""
+    from .quantize import compare_accuracy, quantize_aware_train, quantize_int8, resolve_method
 
+    flow = "fx" if qat_epochs else resolve_method(method)
+    if out is not None and Path(out).suffix not in INT8_SUFFIXES[flow]:
+        raise InputError(f"--out: the {flow} int8 model is saved as {' or '.join(INT8_SUFFIXES[flow])}; "
+                         f"got {Path(out).name}")
     choice = data or DataChoice()
     loaded = load_model(model, weights, num_classes)
     train, train_y, val_x, val_y, split, prep, norm = _samples(loaded, choice, max(calibration, qat_images), val, log)
@@ -252,20 +298,27 @@ def quantize_model(model: str | None, weights: str | Path | None = None, *, data
     start = time.perf_counter()
     if qat_epochs:
         int8 = quantize_aware_train(loaded.model, train, train_y, epochs=qat_epochs, lr=lr, log=log)
-        method = f"QAT, {qat_epochs} epoch(s) on {len(train)} images"
+        how = f"QAT, {qat_epochs} epoch(s) on {len(train)} images"
     else:
-        int8 = quantize_static(loaded.model, calib)
-        method = f"post-training static, calibrated on {len(calib)} images"
+        int8 = quantize_int8(loaded.model, calib, flow)
+        how = f"post-training static, calibrated on {len(calib)} images"
     seconds = time.perf_counter() - start
     acc = compare_accuracy(loaded.model, int8, val_x, val_y, len(calib))
     saved = None
-    if out:
+    if out and flow == "pt2e":
+        from ..runtime import file_metadata
+        from .export import export_pt2
+
+        metadata = file_metadata(loaded.metadata, name=loaded.name, preprocessing=prep, classes=loaded.classes,
+                                 parameters=_parameters(loaded.model), **_source_weights(loaded.name, weights))
+        saved = str(export_pt2(int8.graph, val_x[:2], out, metadata=metadata))
+    elif out:
         from .export import export_torchscript
 
         saved = str(export_torchscript(int8, val_x[:2], out))
-    return QuantizeReport(loaded.name, method, acc.fp32_top1, acc.int8_top1, acc.drop, acc.agreement, acc.images,
+    return QuantizeReport(loaded.name, how, acc.fp32_top1, acc.int8_top1, acc.drop, acc.agreement, acc.images,
                           acc.calibration_images, seconds, latency_ms(loaded.model, loaded.input_size),
-                          latency_ms(int8, loaded.input_size), max_drop, norm, split.to_dict(), saved)
+                          latency_ms(int8, loaded.input_size), max_drop, norm, split.to_dict(), saved, flow)
 
 
 # ---- prune ------------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """Inference benchmark: torchvision's eager model (the baseline) against our model eager,
-channels-last, BN-folded + compiled, int8 and in onnxruntime, on this machine's CPU; on a GPU
-(``device="cuda"``) eager, channels-last, compiled, bf16 and bf16 compiled instead (int8 here is
-x86 FX graph mode and onnxruntime the CPU provider, so both are CPU-only).
+channels-last, BN-folded + compiled and int8 (PT2E lowered by inductor; FX graph mode, the
+fallback), and against the runtimes ``--backend`` offers, onnxruntime and OpenVINO, in fp32 and in
+their own static int8 (onnxruntime's ``quantize_static``, OpenVINO's NNCF), every int8 variant
+calibrated on the same images; on a GPU (``device="cuda"``) eager, channels-last, compiled, bf16
+and bf16 compiled instead (int8 and the runtimes here are CPU-only). Runtimes that are not
+installed are left out of the default set with a note (they come with the ``deploy`` extra).
 
 Latency is the median of ``iters`` timed calls at batch 1; throughput is images per second at
 ``batch`` (median call). Each variant gets ``warmup`` untimed calls first; for the compiled one
@@ -11,30 +14,57 @@ those include compilation, reported separately as set-up time.
 from __future__ import annotations
 
 import copy
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError
+from ..errors import InputError, need
 from ..registry import create_model, model_entry
 from .fuse import compile_for_inference, fold_bn, to_channels_last
 
-VARIANTS = ("torchvision", "eager", "channels_last", "folded_compiled", "bf16", "bf16_compiled", "int8",
-            "onnxruntime")
-CPU_ONLY = ("int8", "onnxruntime")
+VARIANTS = ("torchvision", "eager", "channels_last", "folded_compiled", "bf16", "bf16_compiled", "int8", "int8_fx",
+            "onnxruntime", "onnxruntime_int8", "openvino", "openvino_int8")
+CPU_ONLY = ("int8", "int8_fx", "onnxruntime", "onnxruntime_int8", "openvino", "openvino_int8")
 # What runs when no variants are named. bf16 is left out on CPU: without native bf16 instructions
 # (AVX-512 BF16 / AMX) it is emulated and slower than fp32, and it is not what a CPU deployment uses.
 DEFAULT_VARIANTS = {
-    "cpu": ("torchvision", "eager", "channels_last", "folded_compiled", "int8", "onnxruntime"),
+    "cpu": ("torchvision", "eager", "channels_last", "folded_compiled", "int8", "int8_fx", "onnxruntime",
+            "onnxruntime_int8", "openvino", "openvino_int8"),
     "cuda": ("torchvision", "eager", "channels_last", "folded_compiled", "bf16", "bf16_compiled"),
 }
+# The optional packages each variant needs (all in the deploy extra); the ONNX export needs onnxscript.
+REQUIRES = {"int8": ("torchao",), "onnxruntime": ("onnxscript", "onnxruntime"),
+            "onnxruntime_int8": ("onnxscript", "onnxruntime"), "openvino": ("openvino",),
+            "openvino_int8": ("openvino", "nncf")}
+FP32_OURS = ("eager", "channels_last", "folded_compiled")
+FP32_RUNTIMES = ("onnxruntime", "openvino")
+INT8_GOAL, FP32_GOAL = 3.0, 1.0
+
+
+def missing_packages(variant: str) -> list[str]:
+    import importlib.util
+
+    return [m for m in REQUIRES.get(variant, ()) if importlib.util.find_spec(m) is None]
+
+
+def default_variants(device: str = "cpu") -> tuple[tuple[str, ...], list[str]]:
+    """(variants, notes): the device's default set less the variants whose packages are not
+    installed, and a note for each left out, naming the extra that brings them (issue 17, item 5)."""
+    variants, notes = [], []
+    for variant in DEFAULT_VARIANTS[device]:
+        if missing := missing_packages(variant):
+            notes.append(f"{variant} left out: {', '.join(missing)} not installed (pip install \"resnets[deploy]\")")
+        else:
+            variants.append(variant)
+    return tuple(variants), notes
 
 
 @dataclass
@@ -66,9 +96,40 @@ class BenchReport:
     cpu: str
     rows: list[BenchRow]
     interrupted: bool = False
+    notes: list[str] = field(default_factory=list)  # variants left out, and why
+    goals: list[str] = field(default_factory=list)  # issue 17's goals, measured (see goal_lines)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def row(self, variant: str) -> BenchRow | None:
+        return next((r for r in self.rows if r.variant == variant), None)
+
+    def goal_lines(self) -> list[str]:
+        """The goals, from the rows measured: the fastest fp32 path (any variant, a runtime included:
+        choosing it for the user is the point) against the best of onnxruntime and OpenVINO fp32,
+        at batch 1 and at the large batch; the same for PyTorch alone; int8 (PT2E) throughput
+        against torchvision eager."""
+        lines = []
+        runtimes = [r for r in map(self.row, FP32_RUNTIMES) if r is not None]
+        ours = [r for r in map(self.row, FP32_OURS) if r is not None]
+        if runtimes and ours:
+            best_lat = min(runtimes, key=lambda r: r.latency_ms)
+            best_thr = max(runtimes, key=lambda r: r.throughput)
+            for label, pool in (("fastest path", ours + runtimes), ("PyTorch alone", ours)):
+                lat = min(pool, key=lambda r: r.latency_ms)
+                thr = max(pool, key=lambda r: r.throughput)
+                a, b = best_lat.latency_ms / lat.latency_ms, thr.throughput / best_thr.throughput
+                met = "met" if min(a, b) >= FP32_GOAL else "not met"
+                lines.append(f"fp32, {label} vs the best of {'/'.join(r.variant for r in runtimes)} "
+                             f"(goal >= {FP32_GOAL:.1f}x): batch 1 {a:.2f}x ({lat.variant} vs {best_lat.variant}), "
+                             f"batch {self.batch} {b:.2f}x ({thr.variant} vs {best_thr.variant}): {met}")
+        base, int8 = self.row("torchvision"), self.row("int8")
+        if base is not None and int8 is not None:
+            ratio = int8.throughput / base.throughput
+            lines.append(f"int8 (PT2E) vs torchvision eager at batch {self.batch} (goal >= {INT8_GOAL:.0f}x): "
+                         f"{ratio:.2f}x: {'met' if ratio >= INT8_GOAL else 'not met'}")
+        return lines
 
     def __str__(self) -> str:
         where = self.device if self.device != "cpu" else f"{self.threads} threads, {self.cpu}"
@@ -82,6 +143,7 @@ class BenchReport:
         for row in [head, *body]:
             lines.append("  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w)
                                    for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+        lines += [f"note: {n}" for n in self.notes] + self.goals
         return "\n".join(lines)
 
 
@@ -154,7 +216,7 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
     dev = torch.device(device)
     if dev.type not in DEFAULT_VARIANTS:
         raise InputError(f"device {device!r}: the benchmark runs on cpu or cuda")
-    variants = tuple(variants) if variants else DEFAULT_VARIANTS[dev.type]
+    variants, notes = (tuple(variants), []) if variants else default_variants(dev.type)
     entry = model_entry(model)
     size = size or entry.input_size[1]
     unknown = set(variants) - set(VARIANTS)
@@ -180,7 +242,14 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
 
     rows: list[BenchRow] = []
     report = BenchReport(model, size, batch, iters, torch.get_num_threads(), torch.__version__,
-                         torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", cpu_name(), rows)
+                         torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", cpu_name(), rows,
+                         notes=notes)
+    for note in notes:
+        log(f"note: {note}")
+    threads = torch.get_num_threads()  # the runtimes get the same number as torch
+    workdir = Path(tempfile.mkdtemp(prefix="resnets-bench-"))
+    exported: dict[str, Path] = {}
+    calibrated: list[tuple[Tensor, str]] = []
 
     def measure(variant: str, build: Callable[[], tuple[Callable, str]],
                 convert: Callable[[Tensor], object] = lambda t: t) -> None:
@@ -214,26 +283,100 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
     def bf16_model() -> nn.Module:
         return fold_bn(ours).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
 
-    def build_int8():
-        from .quantize import quantize_static
+    def calibration() -> tuple[Tensor, str]:
+        """The same calibration images for every int8 variant (computed once)."""
+        if not calibrated:
+            calibrated.append(_calibration(size, calibration_images, data_dir))
+        return calibrated[0]
 
-        calibration, source = _calibration(size, calibration_images, data_dir)
-        note = f"FX graph mode, x86 backend, static int8, calibrated on {len(calibration)} {source}"
-        return quantize_static(ours, calibration, batch_size=16), note
+    def exported_file(fmt: str) -> Path:
+        """Our model exported once per format, as ``resnets export`` writes it (dynamic batch)."""
+        if fmt not in exported:
+            from .export import export
+
+            suffix = {"onnx": ".onnx", "openvino": ".xml"}[fmt]
+            exported[fmt] = export(ours, x1, workdir / f"{model}{suffix}", fmt)
+        return exported[fmt]
+
+    def build_int8():
+        from .quantize import quantize_pt2e
+
+        images, source = calibration()
+        note = f"PT2E: X86InductorQuantizer, inductor; static, calibrated on {len(images)} {source}"
+        return quantize_pt2e(ours, images, batch_size=16), note
+
+    def build_int8_fx():
+        from .quantize import _quiet, quantize_static
+
+        images, source = calibration()
+        note = f"FX graph mode (the fallback), x86; static, calibrated on {len(images)} {source}"
+        with _quiet():
+            return quantize_static(ours, images, batch_size=16), note
+
+    def ort_session(path: Path):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return lambda arr: session.run(None, {"input": arr})
 
     def build_ort():
         import onnxruntime as ort
 
-        from .export import export_onnx
+        run = ort_session(exported_file("onnx"))
+        return run, f"onnxruntime {ort.__version__} CPU EP, fp32, all graph optimisations"
 
-        path = Path(tempfile.mkdtemp()) / f"{model}.onnx"
-        export_onnx(ours, x1, path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        note = f"onnxruntime {ort.__version__} CPU EP, fp32, all graph optimisations"
-        return (lambda arr: session.run(None, {"input": arr})), note
+    def build_ort_int8():
+        import onnxruntime as ort
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        from .quantize import has_vnni
+
+        images, source = calibration()
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.batches = iter([{"input": images[i:i + 16].numpy()} for i in range(0, len(images), 16)])
+
+            def get_next(self):
+                return next(self.batches, None)
+
+        prepared, int8_path = workdir / f"{model}.pre.onnx", workdir / f"{model}.int8.onnx"
+        quant_pre_process(str(exported_file("onnx")), str(prepared))
+        # 7-bit weights without VNNI, as onnxruntime advises for such CPUs (and as our PT2E does, in its way).
+        quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=not has_vnni())
+        note = (f"onnxruntime {ort.__version__} quantize_static (QDQ, per-channel s8 weights, u8 activations), "
+                f"calibrated on {len(images)} {source}")
+        return ort_session(int8_path), note
+
+    def ov_compiled(ov_model):
+        import openvino as ov
+
+        from ..runtime import openvino_config
+
+        compiled = ov.Core().compile_model(ov_model, "CPU", openvino_config(threads))
+        request = compiled.create_infer_request()
+        return lambda arr: request.infer({0: arr})
+
+    def build_ov():
+        import openvino as ov
+
+        return ov_compiled(str(exported_file("openvino"))), f"OpenVINO {ov.get_version()} CPU plugin, fp32 IR"
+
+    def build_ov_int8():
+        import nncf
+        import openvino as ov
+
+        images, source = calibration()
+        ov_model = ov.Core().read_model(str(exported_file("openvino")))
+        dataset = nncf.Dataset([images[i:i + 1].numpy() for i in range(len(images))])
+        int8 = nncf.quantize(ov_model, dataset, subset_size=len(images))
+        note = f"OpenVINO {ov.get_version()} with NNCF {nncf.__version__} static int8, calibrated on {len(images)} {source}"
+        return ov_compiled(int8), note
 
     try:
         measure("torchvision", lambda: (reference, baseline_note))
@@ -246,7 +389,13 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
         measure("bf16_compiled", lambda: (compile_for_inference(bf16_model()), "bf16, BN folded, channels-last, "
                                           "inductor with freezing"), to_bf16)
         measure("int8", build_int8)
-        measure("onnxruntime", build_ort, lambda t: t.numpy())
+        measure("int8_fx", build_int8_fx)
+        for variant, build in (("onnxruntime", build_ort), ("onnxruntime_int8", build_ort_int8),
+                               ("openvino", build_ov), ("openvino_int8", build_ov_int8)):
+            if variant in variants:
+                for module in REQUIRES[variant]:  # named explicitly but not installed: say which extra
+                    need(module, "deploy", f"bench infer --variants {variant}")
+            measure(variant, build, lambda t: t.numpy())
     except KeyboardInterrupt:
         report.interrupted = True
         log("interrupted: reporting the variants finished so far")
@@ -260,5 +409,7 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
     for row in rows:
         row.latency_speedup = base.latency_ms / row.latency_ms
         row.throughput_ratio = row.throughput / base.throughput
+    report.goals = report.goal_lines()
+    shutil.rmtree(workdir, ignore_errors=True)
     return report
 

@@ -1,10 +1,15 @@
-"""Export to ONNX, TorchScript and PT2 (``torch.export``), all with a dynamic batch dimension,
-and the parity check of an export against the PyTorch model it came from."""
+"""Export to ONNX, OpenVINO IR, TorchScript and PT2 (``torch.export``), all with a dynamic batch
+dimension, and the parity check of an export against the PyTorch model it came from.
+
+ONNX, OpenVINO IR and PT2 files carry the weights' metadata (classes, preprocessing, the source
+weights' sha256; :func:`resnets.runtime.file_metadata`), so the file alone is enough to serve it
+(``resnets serve --weights model.onnx``)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -13,9 +18,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError
+from ..errors import InputError, need
+from ..runtime import PT2_EXTRA, run_onnxruntime, run_openvino, set_ov_metadata
 
-FORMATS = ("onnx", "torchscript", "pt2")
+FORMATS = ("onnx", "openvino", "torchscript", "pt2")
 # torch.export needs a finite range; 1 is allowed because Dim(min=2) specialises batch-1 calls away.
 MAX_BATCH = 4096
 
@@ -43,8 +49,11 @@ def _batch_dim():
 
 
 def export_onnx(model: nn.Module, example: Tensor, path: str | Path, *, dynamic_batch: bool = True,
-                opset: int | None = None, verbose: bool = False) -> Path:
-    """ONNX through the ``torch.export`` based exporter (the TorchScript one is deprecated)."""
+                opset: int | None = None, verbose: bool = False, metadata: dict[str, str] | None = None) -> Path:
+    """ONNX through the ``torch.export`` based exporter (the TorchScript one is deprecated);
+    ``metadata`` goes into the model's ``metadata_props``."""
+    for module in ("onnx", "onnxscript"):  # what torch.onnx's exporter builds the graph with
+        need(module, "deploy", "ONNX export")
     path = Path(path)
     kwargs = {"dynamic_shapes": ({0: _batch_dim()},)} if dynamic_batch else {}
     if opset is not None:
@@ -55,7 +64,29 @@ def export_onnx(model: nn.Module, example: Tensor, path: str | Path, *, dynamic_
         program = torch.onnx.export(
             model.eval(), (example,), input_names=["input"], output_names=["logits"], dynamo=True, **kwargs
         )
+        program.model.metadata_props.update(metadata or {})
         program.save(str(path))
+    return path
+
+
+def export_openvino(model: nn.Module, example: Tensor, path: str | Path, *, dynamic_batch: bool = True,
+                    metadata: dict[str, str] | None = None) -> Path:
+    """OpenVINO IR (``path`` is the .xml; the weights go to the .bin beside it), converted from the
+    ``torch.export`` program by OpenVINO's own converter, weights kept in fp32 (``save_model``
+    would halve them to fp16 by default); ``metadata`` goes into the IR's ``rt_info``."""
+    ov = need("openvino", "deploy", "export --format openvino")
+    path = Path(path)
+    if path.suffix != ".xml":
+        raise InputError(f"OpenVINO IR is an .xml file with a .bin beside it: --out {path.with_suffix('.xml').name}; "
+                         f"got {path.name}")
+    shapes = ({0: _batch_dim()},) if dynamic_batch else None
+    with torch.no_grad():
+        program = torch.export.export(model.eval(), (example,), dynamic_shapes=shapes)
+        converted = ov.convert_model(program)
+    converted.input(0).get_tensor().set_names({"input"})
+    converted.output(0).get_tensor().set_names({"logits"})
+    set_ov_metadata(converted, metadata or {})
+    ov.save_model(converted, str(path), compress_to_fp16=False)
     return path
 
 
@@ -79,38 +110,40 @@ def export_torchscript(model: nn.Module, example: Tensor, path: str | Path) -> P
     return path
 
 
-def export_pt2(model: nn.Module, example: Tensor, path: str | Path, *, dynamic_batch: bool = True) -> Path:
+def export_pt2(model: nn.Module, example: Tensor, path: str | Path, *, dynamic_batch: bool = True,
+               metadata: dict[str, str] | None = None) -> Path:
+    """A ``torch.export`` archive; ``metadata`` as the extra file ``resnets.json`` inside it."""
     path = Path(path)
     shapes = ({0: _batch_dim()},) if dynamic_batch else None
+    model.eval()  # not chained: an int8 PT2E graph's eval() returns None (see quantize.py)
     with torch.no_grad():
-        program = torch.export.export(model.eval(), (example,), dynamic_shapes=shapes)
-    torch.export.save(program, str(path))
+        program = torch.export.export(model, (example,), dynamic_shapes=shapes)
+    torch.export.save(program, str(path), extra_files={PT2_EXTRA: json.dumps(metadata or {})})
     return path
 
 
-def export(model: nn.Module, example: Tensor, path: str | Path, fmt: str, *, dynamic_batch: bool = True) -> Path:
+def export(model: nn.Module, example: Tensor, path: str | Path, fmt: str, *, dynamic_batch: bool = True,
+           metadata: dict[str, str] | None = None) -> Path:
+    """``model`` to ``path`` in ``fmt`` (one of :data:`FORMATS`); ``metadata`` (from
+    :func:`resnets.runtime.file_metadata`) is written into ONNX, OpenVINO and PT2 files."""
     if fmt not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     if fmt == "onnx":
-        return export_onnx(model, example, path, dynamic_batch=dynamic_batch)
+        return export_onnx(model, example, path, dynamic_batch=dynamic_batch, metadata=metadata)
+    if fmt == "openvino":
+        return export_openvino(model, example, path, dynamic_batch=dynamic_batch, metadata=metadata)
     if fmt == "torchscript":
         return export_torchscript(model, example, path)
-    return export_pt2(model, example, path, dynamic_batch=dynamic_batch)
+    return export_pt2(model, example, path, dynamic_batch=dynamic_batch, metadata=metadata)
 
 
 def load_exported(path: str | Path, fmt: str):
     """A callable ``f(x: Tensor) -> Tensor`` running the exported file."""
     path = Path(path)
     if fmt == "onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-
-        def run(x: Tensor) -> Tensor:
-            return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
-
-        return run
+        return run_onnxruntime(path)
+    if fmt == "openvino":
+        return run_openvino(path)
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=FutureWarning)

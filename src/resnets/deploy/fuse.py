@@ -70,7 +70,8 @@ def compile_for_inference(model: nn.Module, dynamic: bool | None = False) -> Cal
     counting inductor's ``mkldnn_conv_weight_pack`` matches, now asserted in tests/test_deploy.py).
     Patching at call time also covers recompilations for new input shapes.
     """
-    compiled = torch.compile(model.eval(), dynamic=dynamic)
+    model.eval()  # not chained: an exported graph's eval() (torchao's, see quantize.py) returns None
+    compiled = torch.compile(model, dynamic=dynamic)
 
     @functools.wraps(model.forward)
     def run(*args, **kwargs):

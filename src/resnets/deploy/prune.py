@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..blocks import _Block
-from ..errors import InputError
+from ..errors import InputError, need
 from ..layers import PadShortcut, SqueezeExcite
 from ..progress import LoopProgress
 
@@ -54,7 +54,7 @@ def prune_structured(model: nn.Module, ratio: float, example: Tensor, *, inplace
                      global_pruning: bool = False) -> nn.Module:
     """Remove ``ratio`` of the prunable channels, lowest L2 norm first (Li et al. 2017,
     "Pruning Filters for Efficient ConvNets"). Returns a smaller ordinary ``nn.Module``."""
-    import torch_pruning as tp
+    tp = need("torch_pruning", "deploy", "structured pruning (resnets prune)")
 
     if not 0.0 <= ratio < 1.0:
         raise InputError(f"pruning ratio must be in [0, 1); got {ratio}")

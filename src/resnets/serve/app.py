@@ -30,7 +30,7 @@ from .batcher import Batcher, Closed, QueueFull
 from .errors import ApiError, ErrorBody, answer_error, install, overloaded, timed_out
 from .inputs import ByteBudget, Stopped, decode_all, uploads
 from .metrics import CONTENT_TYPE_LATEST, Measure, Metrics
-from .service import EXPLAIN_MIN_SIDE, ModelService
+from .service import EXPLAIN_MIN_SIDE, ModelService, explain_refusal
 
 STATIC = Path(str(files("resnets") / "serve" / "static"))
 # Grad-CAM needs a backward pass and runs outside the batcher; a few may wait for the model.
@@ -123,9 +123,12 @@ class ModelInfo(BaseModel):
     std: list[float] | None
     preprocessing: dict[str, Any]  # the weights' record (resnets.preprocessing): size, resize, crop, mean/std
     metrics: dict[str, Any]
-    weights: str
-    sha256: str
-    parameters: int
+    weights: str  # the file's name or the shipped tag
+    sha256: str  # of the file served
+    parameters: int | None  # of the PyTorch model (an exported file records it)
+    backend: Literal["torch", "onnxruntime", "openvino"]
+    runtime: str  # the runtime and its version
+    exported_from: dict[str, str] | None  # an exported file's source weights: name and sha256
     batching: BatchingInfo
 
 
@@ -159,6 +162,7 @@ def _body(field: str, many: bool) -> dict:
 def _errors(*statuses: int) -> dict:
     what = {400: "bad_image, empty_body or bad_request", 401: "unauthorized (Authorization: Bearer <token>)",
             413: "too_large or too_many_pixels", 415: "unsupported_media_type", 422: "invalid_parameter",
+            501: "not_implemented (Grad-CAM of a model served by onnxruntime or OpenVINO)",
             503: "overloaded (with Retry-After) or not_ready", 504: "timeout"}
     return {s: {"model": ErrorBody, "description": what[s]} for s in statuses}
 
@@ -167,8 +171,10 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
                max_wait_ms: float = 5.0, queue_size: int = 256, timeout_s: float = 30.0,
                max_bytes: int = 10 * 2**20, max_pixels: int = 4096 * 4096, max_request_pixels: int | None = None,
                max_requests: int = 64, max_inflight_bytes: int | None = None, token: str | None = None,
-               batching: bool = True) -> FastAPI:
-    """The serving app for ``weights`` (a file, or a shipped tag such as "cifar10" with ``model``).
+               batching: bool = True, backend: str | None = None, threads: int | None = None) -> FastAPI:
+    """The serving app for ``weights`` (a file, or a shipped tag such as "cifar10" with ``model``), run by
+    ``backend`` (torch, onnxruntime or openvino; default: torch, or an exported file's runtime) with
+    ``threads`` threads for onnxruntime/OpenVINO.
 
     The model is loaded here (a bad file fails now, not at the first request) and warmed up at
     startup; ``app.state.service`` and, while running, ``app.state.batcher`` are reachable for
@@ -191,7 +197,7 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
         raise InputError(f"max_wait_ms (--max-wait-ms) must be 0 or more; got {max_wait_ms}")
     metrics = Metrics(max_batch)
     start = time.perf_counter()
-    service = ModelService(weights, model, device)
+    service = ModelService(weights, model, device, backend, threads)
     metrics.model_load.set(time.perf_counter() - start)
     metrics.model.info({"name": service.name, "weights": service.weights, "sha256": service.sha256})
     settings = {"max_batch": max_batch, "max_wait_ms": float(max_wait_ms), "queue_size": queue_size}
@@ -307,15 +313,17 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
               responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
                                "description": "the Grad-CAM overlay; X-Predicted-Class (top-1 name), "
                                               "X-Class-Index and X-Class-Probability (the explained class)"},
-                         **_errors(400, *([401] if token else []), 413, 415, 422, 503, 504)})
+                         **_errors(400, *([401] if token else []), 413, 415, 422, 501, 503, 504)})
     async def explain(request: Request,
                       target: str | None = Query(None, alias="class", description="class name or index "
                                                  "(default: the prediction)"),
                       scale: int | None = Query(None, ge=1, le=16, description="enlargement (default: to at "
                                                 f"least {EXPLAIN_MIN_SIDE} px)")):
         """Grad-CAM (where the evidence for a class lies) over one image: a multipart part named
-        "image", or JSON {"image": base64}."""
+        "image", or JSON {"image": base64}. 501 when the model is served by onnxruntime or OpenVINO."""
         ready_batcher()
+        if not service.can_explain:  # before the body is read: nothing it holds would change the answer
+            raise ApiError(501, "not_implemented", explain_refusal(service))
         index = service.class_index(target)
         if app.state.explaining >= EXPLAIN_SLOTS:
             raise overloaded(f"{EXPLAIN_SLOTS} explanations already running")

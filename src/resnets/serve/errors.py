@@ -1,7 +1,8 @@
 """Every error the server sends is JSON: ``{"error": {"code": ..., "message": ...}}``.
 
 The codes are the API contract's (bad_image, empty_body, bad_request, unauthorized, too_large,
-too_many_pixels, unsupported_media_type, invalid_parameter, overloaded, not_ready, timeout);
+too_many_pixels, unsupported_media_type, invalid_parameter, overloaded, not_ready, timeout,
+not_implemented);
 clients branch on ``code``, people read ``message``, which names the part or parameter at fault.
 Under ``/v2`` (the Open Inference Protocol, ``v2.py``) the body is that protocol's own,
 ``{"error": message}``, which Triton's and KServe's clients read. Every error answered is counted

@@ -1,6 +1,10 @@
 """The model behind the server: loaded once, described for ``/v1/model``, run for predictions and
 Grad-CAM explanations.
 
+The model is a :class:`resnets.runtime.Backend`: weights run by PyTorch, or an exported file run by
+onnxruntime or OpenVINO (``--backend``), with the preprocessing and classes the file carries.
+Grad-CAM needs the PyTorch model's gradients, so with an exported file ``/v1/explain`` answers 501.
+
 One lock serialises every use of the model: Grad-CAM hooks a layer and would capture another
 thread's activations if a batch ran at the same time.
 """
@@ -23,42 +27,45 @@ EXPLAIN_MIN_SIDE = 224
 
 
 class ModelService:
-    def __init__(self, weights: str | Path, model: str | None = None, device: str = "cpu"):
-        from ..deploy.weights import load_model
-        from ..pretrained import available, resolve, sha256_of
+    def __init__(self, weights: str | Path, model: str | None = None, device: str = "cpu",
+                 backend: str | None = None, threads: int | None = None):
+        from ..runtime import open_backend
 
-        loaded = load_model(model, weights)
-        if loaded.preprocessing is None:  # nothing to guess from: refuse to start
-            raise PreprocessingError(loaded.preprocessing_error)
-        self.preprocessing = loaded.preprocessing
-        self.name = loaded.name
+        runner = open_backend(weights, backend, model=model, device=device, threads=threads)
+        if runner.preprocessing is None:  # nothing to guess from: refuse to start
+            raise PreprocessingError(runner.preprocessing_error)
+        self.runner = runner
+        self.backend = runner.backend
+        self.preprocessing = runner.preprocessing
+        self.name = runner.name
         self.device = torch.device(device)
-        self.model = loaded.model.to(self.device).eval()
-        self.meta = dict(loaded.metadata)
-        self.input_size = list(loaded.input_size)
-        num_classes = getattr(self.model, "num_classes", None) or len(loaded.classes or ())
-        self.classes = list(loaded.classes or (str(i) for i in range(num_classes)))
-        self.mean = list(loaded.mean) if loaded.mean else None
-        self.std = list(loaded.std) if loaded.std else None
-        path = resolve(self.name, weights)
-        self.sha256 = sha256_of(path)
-        self.weights = Path(str(weights)).name  # the file's name or the shipped tag, not the server's paths
+        self.model = runner.module  # the PyTorch model, for Grad-CAM; None for an exported file
+        self.meta = dict(runner.metadata)
+        self.input_size = list(runner.input_size)
+        self.classes = list(runner.classes)
+        self.mean = list(self.preprocessing.mean)
+        self.std = list(self.preprocessing.std)
+        self.sha256 = runner.sha256
+        self.weights = runner.source  # the file's name or the shipped tag, not the server's paths
         self.metrics: dict[str, Any] = dict(self.meta.get("metrics") or {})
-        for record in available(self.name):
-            if record.sha256 == self.sha256:  # shipped weights: their checked figures (RESULTS.md)
-                self.metrics.update(record.metrics)
-        self.parameters = sum(p.numel() for p in self.model.parameters())
+        parameters = runner.parameters if runner.parameters is not None else self.meta.get("parameters")
+        self.parameters = int(parameters) if parameters is not None else None
         self._lock = threading.Lock()
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def can_explain(self) -> bool:
+        return self.model is not None
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "classes": self.classes, "num_classes": self.num_classes,
                 "input_size": self.input_size, "mean": self.mean, "std": self.std,
                 "preprocessing": self.preprocessing.to_metadata(), "metrics": self.metrics,
-                "weights": self.weights, "sha256": self.sha256, "parameters": self.parameters}
+                "weights": self.weights, "sha256": self.sha256, "parameters": self.parameters,
+                "backend": self.backend, "runtime": self.runner.runtime, "exported_from": self.runner.exported_from}
 
     def inputs(self, arrays: list[np.ndarray]) -> torch.Tensor:
         """Normalised model input from :func:`resnets.serve.inputs.decode` arrays."""
@@ -66,8 +73,8 @@ class ModelService:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, num_classes) on the CPU; called from the batcher's thread."""
-        with self._lock, torch.inference_mode():
-            return self.model(x.to(self.device)).float().softmax(1).cpu()
+        with self._lock:
+            return self.runner(x).float().softmax(1)
 
     def warm_up(self, batch: int) -> None:
         # The first calls allocate and pick kernels; pay for that before saying ready. The first
@@ -100,7 +107,10 @@ class ModelService:
         """Grad-CAM overlay PNG of one image (uint8 (H, W, 3) at the input size) for ``target``
         (default: the prediction), with the predicted and explained classes."""
         from ..deploy.gradcam import grad_cam, overlay
+        from .errors import ApiError
 
+        if not self.can_explain:
+            raise ApiError(501, "not_implemented", explain_refusal(self))
         x = self.inputs([array]).to(self.device)
         with self._lock:
             heatmaps, classes, logits = grad_cam(self.model, x, target)
@@ -114,3 +124,8 @@ class ModelService:
         predicted = int(probs.argmax())
         return {"png": png.getvalue(), "predicted": predicted, "explained": explained,
                 "probability": float(probs[explained]), "width": picture.width, "height": picture.height}
+
+
+def explain_refusal(service: ModelService) -> str:
+    return (f"Grad-CAM needs the PyTorch model's gradients; this server runs {service.weights} on "
+            f"{service.backend}. Serve the weights with --backend torch to explain.")

@@ -51,6 +51,8 @@ INPUT, IMAGE, OUTPUT = "input", "image", "probabilities"
 DATATYPES = {INPUT: "FP32", IMAGE: "BYTES"}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data", "classification"]
+# Model metadata's "platform", by backend (Triton's names for the runtimes it has backends for).
+PLATFORMS = {"torch": "pytorch", "onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
 ONE_INPUT = (f"give one input: {INPUT!r} (FP32 [N, 3, H, W], preprocessed as the model's metadata says) or "
              f"{IMAGE!r} (BYTES [N], encoded image files)")
 
@@ -300,7 +302,7 @@ def register(app: FastAPI, service: ModelService, classify, decode, guard: list,
             raise ApiError(404, "not_found", f"model {name!r} has no version {asked[:50]!r}; it has {model_version!r}")
 
     def metadata() -> dict:
-        return {"name": service.name, "versions": [model_version], "platform": "pytorch",
+        return {"name": service.name, "versions": [model_version], "platform": PLATFORMS[service.backend],
                 "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, *service.input_size]},
                            {"name": IMAGE, "datatype": "BYTES", "shape": [-1]}],
                 "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, service.num_classes]}],

@@ -1,4 +1,6 @@
-"""Evaluation and prediction from exported weights (``.safetensors``) or a training checkpoint (``.pt``).
+"""Evaluation and prediction from exported weights (``.safetensors``) or a training checkpoint (``.pt``),
+run by PyTorch, or from an exported model file run by onnxruntime or OpenVINO (``backend``; see
+:mod:`resnets.runtime`).
 
 Preprocessing comes from the weights (:class:`resnets.preprocessing.Preprocessing`: input size,
 resize, crop, mean/std of the training pixels), the same for evaluation, prediction, features and
@@ -17,6 +19,7 @@ from ..errors import InputError
 from ..preprocessing import Preprocessing
 from ..progress import LoopProgress
 from ..registry import load_model as load_registered
+from ..runtime import Backend, open_backend
 
 
 def load_model(weights: str | Path, model: str | None = None, device: str | torch.device = "cpu"
@@ -44,7 +47,7 @@ def _batches(ds, prep: Preprocessing, batch_size: int, device):
 
 
 @torch.no_grad()
-def _logits(net: nn.Module, x: torch.Tensor, tta: str | None) -> torch.Tensor:
+def _logits(net: Backend, x: torch.Tensor, tta: str | None) -> torch.Tensor:
     out = net(x).float()
     if tta == "flip":  # average the softmax of the image and its mirror (the training augmentation)
         out = (out.softmax(1) + net(x.flip(3)).float().softmax(1)).div(2).log()
@@ -54,13 +57,15 @@ def _logits(net: nn.Module, x: torch.Tensor, tta: str | None) -> torch.Tensor:
 def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None, tta: str | None = None,
              batch_size: int = 256, device: str = "cpu", split: str | None = None,
              confusion_png: str | Path | None = None, holdout: bool = False, val_size: int | None = None,
-             split_seed: int | None = None) -> dict[str, Any]:
+             split_seed: int | None = None, backend: str | None = None) -> dict[str, Any]:
     """Top-1, top-5, per-class accuracy and the confusion matrix of ``weights`` on ``data``.
 
     ``data``: an image folder (class sub-folders) or a CIFAR archive folder. Images are normalised
     with the statistics stored in the weights, not the evaluation set's. ``holdout=True`` evaluates
     on the validation images held out during training: the stratified split of ``data`` made with
     the weights' recipe (``data.val_size``, ``data.split_seed``) unless ``val_size``/``split_seed`` say otherwise.
+    ``backend``: "torch", "onnxruntime" or "openvino" (default: torch for weights, the file's runtime
+    for an exported ``.onnx``/``.xml``/``.pt2``), with the same preprocessing and classes.
     """
     from ..data import open_dataset
 
@@ -68,7 +73,8 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
         raise InputError(f"--tta must be 'flip' or 'none'; got {tta!r}")
     tta = None if tta == "none" else tta
     device = torch.device(device)
-    net, meta = load_model(weights, model, device)
+    net = open_backend(weights, backend, model=model, device=device)
+    meta = net.metadata
     for candidate in [split] if split else (["train"] if holdout else ["test", "val", "train"]):
         try:
             ds = open_dataset(data, split=candidate, min_classes=1, allow_empty_classes=True)
@@ -81,7 +87,7 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
 
         ds = holdout_split(data, meta, val_size, split_seed, dataset=ds).val
     classes = check_classes(net, meta, ds.info.classes, weights, data)
-    prep = _preprocessing(meta, weights)  # after the classes: a wrong network is the first thing to say
+    prep = net.prepared()  # after the classes: a wrong network is the first thing to say
     # Map the data's label indices onto the model's class order by name.
     remap = torch.tensor([classes.index(c) for c in ds.info.classes])
     k = len(classes)
@@ -89,8 +95,8 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
     correct5 = 0
     with LoopProgress(f"eval {Path(data).name}", len(ds), unit="images") as progress:
         for x, y in _batches(ds, prep, batch_size, device):
-            y = remap[y.cpu()].to(device)
-            logits = _logits(net, x, tta)
+            y = remap[y.cpu()]
+            logits = _logits(net, x, tta)  # on the CPU, whatever ran it
             # argmax of NaN is an index: a silent "accuracy" (issue 15). -inf is allowed: flip TTA's
             # log of an averaged probability that underflowed to 0.
             if bool((logits.isnan() | logits.isposinf()).any()):
@@ -109,13 +115,14 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
                       for i, c in enumerate(classes)},
         "confusion": confusion.tolist(),
         "classes": classes,
+        "backend": net.backend,
     }
     if confusion_png:
-        plot_confusion(confusion, classes, confusion_png, title=f"{meta.get('model', model)} on {Path(data).name}")
+        plot_confusion(confusion, classes, confusion_png, title=f"{net.name} on {Path(data).name}")
     return result
 
 
-def check_classes(net: nn.Module, meta: dict, data_classes: list[str], weights, data) -> list[str]:
+def check_classes(net: nn.Module | Backend, meta: dict, data_classes: list[str], weights, data) -> list[str]:
     """The model's class names, checked against the data's by count and by name (issue 15: a
     5-class network "evaluated" on 10-class data scored 0.10 with exit 0)."""
     held = getattr(net, "num_classes", None)
@@ -203,14 +210,16 @@ def _image_batches(files: list[Path], prep: Preprocessing, batch_size: int, devi
 
 @torch.no_grad()
 def predict(weights: str | Path, images: list[str | Path] | str | Path, *, topk: int = 5,
-            model: str | None = None, device: str = "cpu", batch_size: int = 256) -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each image file (or every image in a folder)."""
+            model: str | None = None, device: str = "cpu", batch_size: int = 256,
+            backend: str | None = None) -> list[dict[str, Any]]:
+    """Top-k classes with probabilities for each image file (or every image in a folder); ``backend``
+    as for :func:`evaluate`."""
     if isinstance(images, str | Path):
         images = [images]
-    net, meta = load_model(weights, model, device)
-    classes = meta.get("classes") or [str(i) for i in range(net.num_classes)]
+    net = open_backend(weights, backend, model=model, device=device)
+    classes = net.classes
     results = []
-    for chunk, x in _image_batches(_image_files(list(images)), _preprocessing(meta, weights), batch_size, device):
+    for chunk, x in _image_batches(_image_files(list(images)), net.prepared(), batch_size, device):
         probs = net(x).float().softmax(1)
         top = probs.topk(min(topk, probs.shape[1]), 1)
         for path, p, idx in zip(chunk, top.values.tolist(), top.indices.tolist()):
