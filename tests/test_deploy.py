@@ -561,13 +561,18 @@ def test_compile_for_inference_freezes_and_prepacks_weights():
 
 
 @pytest.mark.slow
-def test_bench_infer_compiled_and_onnxruntime(capsys):
+def test_bench_infer_compiled_int8_and_the_runtimes(cifar_train_dir, capsys):
+    """Every CPU variant builds and runs (the default set, everything installed), with the goal lines."""
     from resnets.cli import main
 
     rc = main(["bench", "infer", "--model", "resnet20", "--batch", "8", "--iters", "2", "--warmup", "1",
-               "--variants", "eager,folded_compiled,onnxruntime", "--json"])
-    rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
-    assert rc == 0 and set(rows) == {"eager", "folded_compiled", "onnxruntime"}
+               "--data", str(cifar_train_dir), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert rc == 0 and set(rows) == {"torchvision", "eager", "channels_last", "folded_compiled", "int8", "int8_fx",
+                                     "onnxruntime", "onnxruntime_int8", "openvino", "openvino_int8"}
+    assert "real images" in rows["openvino_int8"]["note"] and "NNCF" in rows["openvino_int8"]["note"]
+    assert result["notes"] == [] and any(line.startswith("fp32, fastest path") for line in result["goals"])
 
 
 @pytest.mark.slow

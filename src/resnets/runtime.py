@@ -7,7 +7,9 @@ weights' preprocessing, class names, the sha256 of what it runs). ``resnets pred
 runtime (tests/test_runtime.py checks them against PyTorch on real images, within 1e-4).
 
 - ``torch``: weights (``.safetensors``, ``.pt``/``.pth``, a shipped tag such as ``cifar10``) through
-  the registry's loader, or a ``.pt2`` archive that ``resnets export``/``quantize`` wrote.
+  the registry's loader, or a ``.pt2`` archive that ``resnets export``/``quantize`` wrote (run as
+  exported: an int8 program is its quantize/dequantize graph op by op, correct but not fast; its
+  speed comes from inductor, :class:`resnets.deploy.PT2EInt8`).
 - ``onnxruntime``: an ``.onnx`` file (``resnets export --out model.onnx``).
 - ``openvino``: OpenVINO IR (``resnets export --format openvino --out model.xml``), or an ``.onnx``
   file, which OpenVINO reads as well.
@@ -328,5 +330,5 @@ def run_openvino(path: str | Path, threads: int | None = None) -> Callable[[Tens
         # The request's output buffer is reused by the next call: copy it out.
         return torch.from_numpy(request.infer({0: array})[0].copy())
 
-    run.runtime = f"OpenVINO {ov.get_version()}, CPU plugin, fp32"
+    run.runtime = f"OpenVINO {ov.get_version().split('-')[0]}, CPU plugin, fp32"
     return run

@@ -13,6 +13,7 @@ those include compilation, reported separately as set-up time.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 import statistics
@@ -295,7 +296,9 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
             from .export import export
 
             suffix = {"onnx": ".onnx", "openvino": ".xml"}[fmt]
-            exported[fmt] = export(ours, x1, workdir / f"{model}{suffix}", fmt)
+            # A batch of 2 as the example: torch.export would specialise a batch of 1 away.
+            example = torch.randn(2, 3, size, size)
+            exported[fmt] = export(ours, example, workdir / f"{model}{suffix}", fmt)
         return exported[fmt]
 
     def build_int8():
@@ -365,7 +368,7 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
     def build_ov():
         import openvino as ov
 
-        return ov_compiled(str(exported_file("openvino"))), f"OpenVINO {ov.get_version()} CPU plugin, fp32 IR"
+        return ov_compiled(str(exported_file("openvino"))), f"OpenVINO {ov.get_version().split('-')[0]} CPU plugin, fp32 IR"
 
     def build_ov_int8():
         import nncf
@@ -374,8 +377,10 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
         images, source = calibration()
         ov_model = ov.Core().read_model(str(exported_file("openvino")))
         dataset = nncf.Dataset([images[i:i + 1].numpy() for i in range(len(images))])
-        int8 = nncf.quantize(ov_model, dataset, subset_size=len(images))
-        note = f"OpenVINO {ov.get_version()} with NNCF {nncf.__version__} static int8, calibrated on {len(images)} {source}"
+        # NNCF draws its progress bars on stdout, which --json keeps for the JSON document.
+        with contextlib.redirect_stdout(sys.stderr):
+            int8 = nncf.quantize(ov_model, dataset, subset_size=len(images))
+        note = f"OpenVINO {ov.get_version().split('-')[0]} with NNCF {nncf.__version__} static int8, calibrated on {len(images)} {source}"
         return ov_compiled(int8), note
 
     try:

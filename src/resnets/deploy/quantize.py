@@ -96,8 +96,9 @@ def _distinct_relu_partitions(graph: torch.fx.GraphModule) -> int:
 
 class PT2EInt8(nn.Module):
     """An int8 network from the PT2E flow: ``graph`` is the converted quantize/dequantize graph
-    (the reference; what ``save`` exports), ``forward`` runs it lowered by inductor with freezing
-    to oneDNN int8 convolutions, compiled at the first call for each input shape."""
+    (the reference; what ``resnets quantize --out x.pt2`` saves), ``forward`` runs it lowered by
+    inductor with freezing to oneDNN int8 convolutions, compiled at the first call for each input
+    shape."""
 
     def __init__(self, graph: torch.fx.GraphModule):
         super().__init__()
