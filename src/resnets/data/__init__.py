@@ -13,6 +13,7 @@ from .images import BadFile, BadImageError, BadImageWarning, load_image
 from .info import DatasetInfo, compute_normalization
 from .loader import BatchLoader, FolderLoader, build_transforms, make_loader
 from .order import BatchPlan, epoch_permutation
+from .scenes import Scenes, SceneSettings, coco_map, compose_scenes, scene_sources
 from .sources import DataError, FolderDataset, open_dataset, split_train_val
 from .split import (
     DataSplit,
@@ -30,10 +31,10 @@ from .tensor_dataset import TensorImageDataset
 
 __all__ = [
     "BadFile", "BadImageError", "BadImageWarning", "BatchLoader", "BatchPlan", "CifarUnpickler", "DataError",
-    "DataSplit", "DatasetInfo", "FolderDataset", "FolderLoader", "NoHeldOutImages", "TensorImageDataset",
-    "UnsafePickleError", "balanced_indices", "build_transforms", "compute_normalization", "data_dir",
-    "describe_dataset", "download_cifar", "epoch_permutation", "fingerprint", "holdout_split", "load_files",
-    "load_image", "make_loader", "open_dataset", "open_split", "portable_recipe", "read_cifar", "read_class_map",
-    "resolve_classes", "sample_data_dir", "sample_images", "split_settings", "split_train_val", "verify_folder",
-    "write_cifar_archive",
+    "DataSplit", "DatasetInfo", "FolderDataset", "FolderLoader", "NoHeldOutImages", "SceneSettings", "Scenes",
+    "TensorImageDataset", "UnsafePickleError", "balanced_indices", "build_transforms", "coco_map", "compose_scenes",
+    "compute_normalization", "data_dir", "describe_dataset", "download_cifar", "epoch_permutation", "fingerprint",
+    "holdout_split", "load_files", "load_image", "make_loader", "open_dataset", "open_split", "portable_recipe",
+    "read_cifar", "read_class_map", "resolve_classes", "sample_data_dir", "sample_images", "scene_sources",
+    "split_settings", "split_train_val", "verify_folder", "write_cifar_archive",
 ]
