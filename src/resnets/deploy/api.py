@@ -53,6 +53,11 @@ def _quiet(_message: str) -> None:
     pass
 
 
+def _choice(data: DataChoice | str | Path | None) -> DataChoice:
+    """``data`` as a :class:`DataChoice`: a folder alone (``data="cifar10-jpeg/train"``) is one."""
+    return data if isinstance(data, DataChoice) else DataChoice(data)
+
+
 def open_model_split(loaded: LoadedModel, choice: DataChoice, log: Log):
     """The training engine's train/validation split of the data (see :mod:`resnets.data.split`)."""
     from ..data import data_dir, open_split
@@ -163,7 +168,8 @@ class ExportReport(_Report):
 def export_model(model: str | None, weights: str | Path | None = None, *, out: str | Path,
                  format: str | None = None, size: int | None = None, dynamic_batch: bool = True,
                  check: bool = True, check_images: int = 256, tolerance: float = 1e-3,
-                 data: DataChoice | None = None, num_classes: int | None = None, log: Log = _quiet) -> ExportReport:
+                 data: DataChoice | str | Path | None = None, num_classes: int | None = None,
+                 log: Log = _quiet) -> ExportReport:
     """Export to ONNX, OpenVINO IR, TorchScript or PT2 (format from ``out``'s suffix unless given).
     ONNX and OpenVINO files are checked against PyTorch by their own runtime on real held-out images
     (random ones without data); ONNX, OpenVINO and PT2 files carry the weights' metadata."""
@@ -171,7 +177,7 @@ def export_model(model: str | None, weights: str | Path | None = None, *, out: s
     from ..runtime import file_metadata
     from .export import compare, export, load_exported
 
-    choice = data or DataChoice()
+    choice = _choice(data)
     loaded = load_model(model, weights, num_classes)
     fmt = format or SUFFIX_FORMATS.get(Path(out).suffix)
     if fmt is None:
@@ -277,9 +283,10 @@ class QuantizeReport(_Report):
 INT8_SUFFIXES = {"pt2e": (".pt2",), "fx": (".pt", ".ts")}
 
 
-def quantize_model(model: str | None, weights: str | Path | None = None, *, data: DataChoice | None = None,
-                   calibration: int = 512, val: int = 2000, max_drop: float = 0.5, qat_epochs: int = 0,
-                   qat_images: int = 0, lr: float = 1e-3, out: str | Path | None = None,
+def quantize_model(model: str | None, weights: str | Path | None = None, *,
+                   data: DataChoice | str | Path | None = None, calibration: int = 512, val: int = 2000,
+                   max_drop: float = 0.5, qat_epochs: int = 0, qat_images: int = 0, lr: float = 1e-3,
+                   out: str | Path | None = None,
                    num_classes: int | None = None, method: str = "pt2e", log: Log = _quiet) -> QuantizeReport:
     """int8 static quantization (PT2E, or the FX fallback with ``method="fx"``; QAT with ``qat_epochs``,
     through FX) calibrated on the split's training part, top-1 before and after on its held-out part,
@@ -290,7 +297,7 @@ def quantize_model(model: str | None, weights: str | Path | None = None, *, data
     if out is not None and Path(out).suffix not in INT8_SUFFIXES[flow]:
         raise InputError(f"--out: the {flow} int8 model is saved as {' or '.join(INT8_SUFFIXES[flow])}; "
                          f"got {Path(out).name}")
-    choice = data or DataChoice()
+    choice = _choice(data)
     loaded = load_model(model, weights, num_classes)
     train, train_y, val_x, val_y, split, prep, norm = _samples(loaded, choice, max(calibration, qat_images), val, log)
     log(f"{loaded.name}: {len(train)} calibration / {len(val_x)} validation images, {norm}")
@@ -357,8 +364,8 @@ class PruneReport(_Report):
 
 def prune_model(model: str | None, weights: str | Path | None = None, *, method: str = "structured",
                 ratio: float = 0.3, epochs: int = 1, train_images: int = 5000, val: int = 2000, lr: float = 0.01,
-                out: str | Path | None = None, data: DataChoice | None = None, num_classes: int | None = None,
-                log: Log = _quiet) -> PruneReport:
+                out: str | Path | None = None, data: DataChoice | str | Path | None = None,
+                num_classes: int | None = None, log: Log = _quiet) -> PruneReport:
     """Structured (channels, dependency-aware) or unstructured (weights) pruning, a short fine-tune on
     the split's training part, parameters/MACs/latency/top-1 at each stage; ``out`` saves the result
     (.safetensors for unstructured, .pt2/.onnx/.pt for either)."""
@@ -374,7 +381,7 @@ def prune_model(model: str | None, weights: str | Path | None = None, *, method:
             raise InputError("structured pruning changes layer shapes: save as .pt2, .onnx or .pt")
         if out_path.suffix != ".safetensors" and out_path.suffix not in SUFFIX_FORMATS:
             raise InputError(f"--out must end in .safetensors, .pt2, .onnx or .pt; got {out_path.name}")
-    choice = data or DataChoice()
+    choice = _choice(data)
     loaded = load_model(model, weights, num_classes)
     train, train_y, val_x, val_y, split, prep, norm = _samples(loaded, choice, train_images, val, log)
     log(f"{loaded.name}: {len(train)} fine-tuning / {len(val_x)} validation images, {norm}")

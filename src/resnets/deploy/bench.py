@@ -8,7 +8,9 @@ installed are left out of the default set with a note (they come with the ``depl
 
 Latency is the median of ``iters`` timed calls at batch 1; throughput is images per second at
 ``batch`` (median call). Each variant gets ``warmup`` untimed calls first; for the compiled one
-those include compilation, reported separately as set-up time.
+those include compilation, reported separately as set-up time. Every variant is built first, then
+all are timed together, round by round (:func:`_interleaved`), so that on a shared CPU the other
+work slows them alike.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class BenchRow:
 @dataclass
 class BenchReport:
     """What ``bench_infer`` measured: one row per variant, and where. ``interrupted`` when Ctrl-C
-    stopped it: the rows are those finished before."""
+    stopped it: the rows are the variants built before, from the timing rounds done before."""
 
     model: str
     size: int
@@ -140,7 +142,7 @@ class BenchReport:
                  f"{r.throughput_ratio:.2f}x", f"{r.setup_s:.1f}", r.note] for r in self.rows]
         widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
         lines = [f"{self.model} at {self.size}x{self.size}, {where}, median of {self.iters}"
-                 + (" (interrupted: the variants finished before Ctrl-C)" if self.interrupted else "")]
+                 + (" (interrupted: the rounds timed before Ctrl-C)" if self.interrupted else "")]
         for row in [head, *body]:
             lines.append("  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w)
                                    for i, (c, w) in enumerate(zip(row, widths))).rstrip())
@@ -160,15 +162,32 @@ def cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
-def _time(fn: Callable[[], object], iters: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _interleaved(built, iters: int, latency: dict[str, list[float]], per_batch: dict[str, list[float]],
+                 log: Callable[[str], None]) -> None:
+    """Time every built variant in rounds: each round calls each variant once at batch 1, then each
+    once at the large batch, in an order that alternates from round to round; the seconds go into
+    ``latency`` and ``per_batch`` by variant as they are measured (so Ctrl-C keeps the rounds done).
+    On a CPU shared with other work the load then falls on all variants alike, instead of on
+    whichever was being timed when it came, so the ratios between them hold (the absolute figures
+    still move with the load)."""
+    for variant, *_ in built:
+        latency[variant], per_batch[variant] = [], []
+    with torch.no_grad():
+        for i in range(iters):
+            order = built if i % 2 == 0 else built[::-1]
+            for shape, samples in ((2, latency), (3, per_batch)):
+                for item in order:
+                    start = time.perf_counter()
+                    item[1](item[shape])
+                    samples[item[0]].append(time.perf_counter() - start)
+            log(f"timing: round {i + 1} of {iters} done ({len(built)} variants, interleaved)")
+
+
+def _rows(built, latency: dict[str, list[float]], per_batch: dict[str, list[float]], batch: int) -> list:
+    """A row per variant with at least one sample of each shape (medians)."""
+    return [BenchRow(variant, statistics.median(latency[variant]) * 1e3,
+                     batch / statistics.median(per_batch[variant]), setup, note=note)
+            for variant, _, _, _, setup, note in built if latency.get(variant) and per_batch.get(variant)]
 
 
 def _synchronized(fn: Callable) -> Callable:
@@ -252,9 +271,14 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
     exported: dict[str, Path] = {}
     calibrated: list[tuple[Tensor, str]] = []
 
+    built: list[tuple[str, Callable, object, object, float, str]] = []  # variant, run, a, b, set-up, note
+    latency: dict[str, list[float]] = {}  # seconds per call, by variant
+    per_batch: dict[str, list[float]] = {}
+
     def measure(variant: str, build: Callable[[], tuple[Callable, str]],
                 convert: Callable[[Tensor], object] = lambda t: t) -> None:
-        """``build`` returns the callable to time and a note for the table."""
+        """Build and warm up ``variant`` (``build`` returns the callable and a note for the table);
+        it is timed later, with the others (:func:`_interleaved`)."""
         if variant not in variants:
             return
         log(f"{variant}: building")
@@ -268,12 +292,9 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
             for _ in range(warmup):
                 run(a)
                 run(b)
-            setup = time.perf_counter() - start
-            log(f"{variant}: timing (set-up {setup:.1f} s)")
-            latency = _time(lambda: run(a), iters, 0)
-            per_batch = _time(lambda: run(b), iters, 0)
-        rows.append(BenchRow(variant, latency * 1e3, batch / per_batch, setup, note=note))
-        log(f"{variant}: {latency * 1e3:.1f} ms at batch 1, {batch / per_batch:.1f} img/s at batch {batch}")
+        setup = time.perf_counter() - start
+        built.append((variant, run, a, b, setup, note))
+        log(f"{variant}: ready (set-up {setup:.1f} s)")
 
     def channels_last(t: Tensor) -> Tensor:
         return t.contiguous(memory_format=torch.channels_last)
@@ -401,15 +422,19 @@ def bench_infer(model: str = "resnet50", size: int | None = None, batch: int = 3
                 for module in REQUIRES[variant]:  # named explicitly but not installed: say which extra
                     need(module, "deploy", f"bench infer --variants {variant}")
             measure(variant, build, lambda t: t.numpy())
+        _interleaved(built, iters, latency, per_batch, log)
     except KeyboardInterrupt:
         report.interrupted = True
-        log("interrupted: reporting the variants finished so far")
+        log("interrupted: reporting the rounds timed so far")
     finally:
         # torch.compile's compile workers are processes that would keep the interpreter from exiting
         # after Ctrl-C (issue 18: `bench infer` ignored it).
         if "torch._inductor.async_compile" in sys.modules:
             sys.modules["torch._inductor.async_compile"].shutdown_compile_workers()
 
+    rows[:] = _rows(built, latency, per_batch, batch)
+    for row in rows:
+        log(f"{row.variant}: {row.latency_ms:.1f} ms at batch 1, {row.throughput:.1f} img/s at batch {batch}")
     base = next((r for r in rows if r.variant == "torchvision"), rows[0] if rows else None)
     for row in rows:
         row.latency_speedup = base.latency_ms / row.latency_ms
