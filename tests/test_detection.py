@@ -103,7 +103,8 @@ def test_miniature_study_learns_and_reports(cifar_train_dir, tmp_path):
                              threads=1, fpn_channels=64, head_convs=1)
     assert [(r.detector, r.backbone) for r in result.runs] == [("fcos", "resnet18"), ("fasterrcnn", "resnet18")]
     for run in result.runs:
-        assert run.losses[-1] < run.losses[0], (run.detector, run.losses)
+        first, last = run.losses[:5], run.losses[-5:]  # per step (20 steps): means of five, as batches of 4 are noisy
+        assert sum(last) < 0.9 * sum(first), (run.detector, run.losses)
         assert all(0.0 <= v <= 1.0 for v in run.metrics.values()), run.metrics
         assert run.residual
     assert result.pretraining[0].backbone == "resnet18" and 0.0 <= result.pretraining[0].val_top1 <= 1.0
