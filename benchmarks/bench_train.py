@@ -22,17 +22,21 @@ import torch.nn.functional as F
 import resnets
 
 
-def matmul_rate(device: torch.device, n: int = 2048, repeats: int = 10, dtype=torch.float32) -> float:
-    """Measured FLOP/s of an n x n matrix product in ``dtype`` (the machine's practical peak)."""
+def matmul_rate(device: torch.device, n: int = 2048, repeats: int = 4, rounds: int = 5, dtype=torch.float32) -> float:
+    """Measured FLOP/s of an n x n matrix product in ``dtype`` (the machine's practical peak): the
+    best of ``rounds`` timings of ``repeats`` products, as a shared CPU's other work only slows it."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
-    _sync(device)
-    t = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * repeats / (time.perf_counter() - t)
+    best = float("inf")
+    for _ in range(rounds):
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 * repeats / best
 
 
 def _sync(device: torch.device) -> None:
@@ -133,6 +137,12 @@ def main() -> None:
     layout = ("NCHW" if args.nchw else "channels-last") + (", compiled" if args.compile else "") + f", {args.precision}"
     print(f"resnets engine (uint8 tensors on device, whole-batch augmentation, {layout}): {eng:.1f} img/s "
           f"({time.perf_counter() - t:.0f}s incl. warm-up and dataset open/decode, cached after the first run)")
+    # The peak is measured again after the loops, and the higher figure kept: on a shared machine one
+    # measurement can be low (80.8 and 138.2 GFLOP/s on the same kind of machine, 2026-12-03).
+    again = matmul_rate(device)
+    print(f"fp32 matmul rate measured again after the loops: {again / 1e9:.1f} GFLOP/s; the ratio uses the "
+          f"higher, {max(peak, again) / 1e9:.1f}")
+    peak = max(peak, again)
     print(f"engine / reference = {eng / ref:.2f}x; engine reaches {eng * train_flops / peak:.1%} of the fp32 "
           f"matmul rate (reference {ref * train_flops / peak:.1%})")
     if args.precision != "fp32":
