@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,10 +30,11 @@ from ..progress import LoopProgress
 from ..train.engine import train_step
 from ..transfer.segmentation import UNet
 from ..weights_io import atomic_write, export_weights
+from .report import StudyReport
 
 
 @dataclass
-class BrainSegResult:
+class BrainSegResult(StudyReport):
     out_dir: Path
     dice: dict[str, float]  # class -> Dice on the held-out slab
     mean_tissue_dice: float  # mean over CSF/other, grey and white matter (background left out)
@@ -43,11 +44,6 @@ class BrainSegResult:
     seconds: float
     losses: list[float] = field(default_factory=list)  # mean training loss per epoch
     figure: Path | None = None
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["out_dir"], d["figure"] = str(self.out_dir), str(self.figure) if self.figure else None
-        return d
 
     def __str__(self) -> str:
         rows = "\n".join(f"  {name:<13} {100 * v:6.2f}" for name, v in self.dice.items())

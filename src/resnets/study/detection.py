@@ -30,7 +30,7 @@ import shlex
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,6 +44,7 @@ from ..train.engine import NonFiniteLossError, train_step
 from ..train.optim import param_groups
 from ..transfer.detection import DETECTORS, detector
 from ..weights_io import atomic_write, export_weights
+from .report import StudyReport
 
 # The plain counterpart of each residual backbone: the same layers without shortcuts.
 PLAIN_OF = {"resnet18": "plain18", "resnet34": "plain34"}
@@ -76,7 +77,7 @@ class DetectionRun:
 
 
 @dataclass
-class DetectionResult:
+class DetectionResult(StudyReport):
     out_dir: Path
     runs: list[DetectionRun]
     train_scenes: int  # scenes seen in training by each detector (steps x batch size)
@@ -87,11 +88,6 @@ class DetectionResult:
     settings: dict
     pretraining: list[Pretraining] = field(default_factory=list)
     figure: Path | None = None
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["out_dir"], d["figure"] = str(self.out_dir), str(self.figure) if self.figure else None
-        return d
 
     def __str__(self) -> str:
         head = f"{'detector':<11} {'design':<9} {'backbone':<9} {'mAP':>6} {'mAP50':>6} {'mAP75':>6} {'AP50 any':>8} {'train s':>8}"
