@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from resnets.cli import main
-from resnets.errors import MissingExtraError
+from resnets.errors import InputError, MissingExtraError
 from resnets.pretrained import find, sha256_of
 from resnets.runtime import BACKENDS, open_backend, read_file_metadata
 from resnets.train import evaluate, predict
@@ -137,6 +137,55 @@ def test_wrong_file_for_a_backend_says_what_to_do(exported, capsys):
     assert main(["predict", "x.jpg", "--weights", "cifar10", "--model", "resnet20", "--backend", "openvino"]) == 2
     assert "resnets export" in capsys.readouterr().err
     assert set(BACKENDS) == {"torch", "onnxruntime", "openvino"}
+
+
+def edited_onnx(source: Path, out: Path, *, metadata: dict[str, str] | None = None, fixed_batch: int | None = None,
+                nan: str | None = None) -> Path:
+    """A copy of an exported ONNX file with metadata entries replaced, the batch dimension fixed (what
+    `resnets export --static-batch` writes) or an initializer set to NaN."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load_model(str(source))
+    for prop in proto.metadata_props:
+        prop.value = (metadata or {}).get(prop.key, prop.value)
+    if fixed_batch:
+        proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = fixed_batch
+    for init in proto.graph.initializer:
+        if init.name == nan:
+            init.CopyFrom(numpy_helper.from_array(np.full_like(numpy_helper.to_array(init), np.nan), nan))
+    onnx.save_model(proto, str(out))
+    return out
+
+
+def test_exported_class_names_must_match_the_models_outputs(exported, tmp_path):
+    """Corrupt metadata: three names for ten outputs once gave predictions an IndexError or another
+    class's name, and a string gave its letters as the class names."""
+    few = edited_onnx(exported["onnx"], tmp_path / "few.onnx", metadata={"classes": json.dumps(["a", "b", "c"])})
+    with pytest.raises(InputError, match="few.onnx: its metadata 'classes' names 3 classes but the model has 10"):
+        open_backend(few)
+    text = edited_onnx(exported["onnx"], tmp_path / "text.onnx", metadata={"classes": "cat,dog"})
+    with pytest.raises(InputError, match="text.onnx: metadata 'classes' must be a JSON list"):
+        open_backend(text)
+
+
+def test_a_static_batch_onnx_file_runs_any_batch(exported, images, tmp_path):
+    """onnxruntime refuses any batch but the exported one (OpenVINO takes it): predict with one image,
+    or eval's odd last batch, failed with onnxruntime's INVALID_ARGUMENT."""
+    static = open_backend(edited_onnx(exported["onnx"], tmp_path / "static.onnx", fixed_batch=2))
+    dynamic = open_backend(exported["onnx"])
+    from resnets.data import load_files
+
+    x = dynamic.prepared().normalize(load_files(images[:5], dynamic.prepared()))
+    for n in (1, 2, 5):
+        torch.testing.assert_close(static(x[:n]), dynamic(x[:n]), atol=1e-5, rtol=1e-5)
+
+
+def test_predict_refuses_nan_logits(exported, images, tmp_path):
+    path = edited_onnx(exported["onnx"], tmp_path / "nan.onnx", nan="fc.bias")
+    with pytest.raises(InputError, match=f"nan.onnx: the model produced NaN/inf logits on {images[0]}"):
+        predict(path, images[:2])
 
 
 @pytest.mark.parametrize("module,backend", [("onnxruntime", "onnxruntime"), ("openvino", "openvino")])

@@ -218,6 +218,9 @@ def _described(meta: dict[str, Any], source: str) -> tuple[Preprocessing | None,
     except PreprocessingError as exc:
         why = str(exc)
     classes = meta.get("classes")
+    # A string would become its letters as class names (list("cat,dog")): refuse what is not a list.
+    if classes and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise InputError(f"{source}: metadata 'classes' must be a JSON list of class names; got {classes!r:.80}")
     return preprocessing, why, list(classes) if classes else None
 
 
@@ -236,11 +239,18 @@ def _exported(kind: str, path: Path, meta: dict[str, Any], model: str | None, ru
 
     name = _checked_name(meta, model, path)
     preprocessing, why, classes = _described(meta, str(path))
-    if classes is None:
-        from .registry import model_entry
+    from .registry import model_entry
 
-        size = preprocessing.input_size if preprocessing else model_entry(name).input_size[1:]
-        classes = [str(i) for i in range(run(torch.zeros(1, 3, *size)).shape[1])]
+    # One run tells the class count: the names must match it, or predictions get another class's
+    # name (or none: an index past the list) and eval's count check compares the list with itself.
+    # A batch of 2: what `resnets export --static-batch` fixes it to (api.py's example).
+    size = preprocessing.input_size if preprocessing else model_entry(name).input_size[1:]
+    outputs = run(torch.zeros(2, 3, *size)).shape[1]
+    if classes is None:
+        classes = [str(i) for i in range(outputs)]
+    elif len(classes) != outputs:
+        raise InputError(f"{path.name}: its metadata 'classes' names {len(classes)} classes but the model has "
+                         f"{outputs} outputs")
     source = {"weights": meta["source_weights"], "sha256": meta.get("source_sha256", "")} \
         if meta.get("source_weights") else None
     parameters = meta.get("parameters")
@@ -297,12 +307,24 @@ def run_onnxruntime(path: str | Path, threads: int | None = None) -> Callable[[T
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    import numpy as np
+
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
+    fixed = session.get_inputs()[0].shape[0]  # an int for `resnets export --static-batch`, else a name
 
     def run(x: Tensor) -> Tensor:
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(session.run(None, {name: array})[0])
+        if not isinstance(fixed, int) or len(array) == fixed:
+            return torch.from_numpy(session.run(None, {name: array})[0])
+        # onnxruntime refuses any other batch (OpenVINO takes it): run chunks of the fixed batch,
+        # the last padded with zeros (eval mode: rows do not affect each other), padding dropped.
+        out = []
+        for start in range(0, len(array), fixed):
+            chunk = array[start:start + fixed]
+            padded = np.concatenate([chunk, np.zeros((fixed - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+            out.append(session.run(None, {name: padded})[0][:len(chunk)])
+        return torch.from_numpy(np.concatenate(out))
 
     run.runtime = f"onnxruntime {ort.__version__}, CPUExecutionProvider"
     return run

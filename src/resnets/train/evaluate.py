@@ -221,6 +221,10 @@ def predict(weights: str | Path, images: list[str | Path] | str | Path, *, topk:
     results = []
     for chunk, x in _image_batches(_image_files(list(images)), net.prepared(), batch_size, device):
         probs = net(x).float().softmax(1)
+        # NaN probabilities would print as answers (evaluate refuses them the same way, issue 15).
+        if bool(probs.isnan().any()):
+            bad = chunk[int(probs.isnan().any(1).nonzero()[0])]
+            raise InputError(f"{weights}: the model produced NaN/inf logits on {bad}; no prediction")
         top = probs.topk(min(topk, probs.shape[1]), 1)
         for path, p, idx in zip(chunk, top.values.tolist(), top.indices.tolist()):
             results.append({"path": str(path), "top": [{"class": classes[i], "prob": round(v, 6)}
