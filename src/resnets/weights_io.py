@@ -140,6 +140,17 @@ def atomic_write(path: str | Path, data: bytes | bytearray | memoryview) -> Path
     return path
 
 
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """A matplotlib figure as a PNG at ``path``, written atomically, and closed: a run stopped
+    mid-plot leaves the previous picture, never half of one."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return atomic_write(path, buf.getvalue())
+
 # ---- training checkpoints ----------------------------------------------------------------------
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

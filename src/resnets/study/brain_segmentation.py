@@ -27,9 +27,11 @@ import torch
 from ..data.brain import CLASSES, SliceSet, brain_slices, dice_scores
 from ..errors import InputError
 from ..progress import LoopProgress
+from ..train.config import ScheduleConfig
 from ..train.engine import train_step
+from ..train.optim import Schedule, param_groups
 from ..transfer.segmentation import UNet
-from ..weights_io import atomic_write, export_weights
+from ..weights_io import atomic_write, export_weights, save_figure
 from .report import StudyReport
 
 
@@ -99,13 +101,7 @@ def _figure(path: Path, held_out: SliceSet, pred: torch.Tensor, dice: dict[str, 
     fig.suptitle("held-out slab; Dice " + ", ".join(f"{k} {100 * v:.1f}" for k, v in dice.items() if k != "background")
                  + "\n(black background, blue CSF/other, grey GM, white WM)", fontsize=8)
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def brain_segmentation_study(out_dir: str | Path = "runs/brain-seg", *, encoder: str = "resnet18", epochs: int = 40,
@@ -124,17 +120,11 @@ def brain_segmentation_study(out_dir: str | Path = "runs/brain-seg", *, encoder:
         keep = torch.randperm(len(train_set), generator=g)[:limit].sort().values
         train_set = SliceSet(train_set.images[keep], train_set.labels[keep], [train_set.z[i] for i in keep])
     model = UNet(encoder, num_classes=len(CLASSES), in_chans=1).to(memory_format=torch.channels_last)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    rest = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": rest, "weight_decay": 0.0}], lr=lr)
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)  # no decay on BN or biases
     steps_per_epoch = math.ceil(len(train_set) / batch_size)
-    total, warmup = epochs * steps_per_epoch, steps_per_epoch
-
-    def lr_at(step: int) -> float:  # one epoch of linear warm-up, then a cosine to zero
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    total = epochs * steps_per_epoch
+    # One epoch of linear warm-up, then a cosine to zero: the engine's `cosine` schedule.
+    lr_at = Schedule(ScheduleConfig(name="cosine", warmup=steps_per_epoch), lr, total, steps_per_epoch).lr
 
     start, step, losses = time.perf_counter(), 0, []
     with LoopProgress("brain-seg training", total, unit="steps") as progress:

@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import InputError
 from ..registry import model_entry
 from ..train import Config, StepInfo, train
-from ..weights_io import atomic_write
+from ..weights_io import atomic_write, save_figure
 
 DEFAULT_MODELS = ("plain20", "plain56", "resnet20", "resnet56")
 # Written in each model's run folder once it has trained: a re-run of the study reuses it.
@@ -218,9 +218,7 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: Path) -> Pat
     axes[0][0].set_ylabel("error (%)")
     fig.suptitle("CIFAR-10 (JPEG q75): dashed = training error, solid = validation error")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_gradients(gradients: dict[str, dict], path: Path) -> Path:
@@ -244,9 +242,7 @@ def plot_gradients(gradients: dict[str, dict], path: Path) -> Path:
         ax.legend()
     axes[0].set_ylabel("‖∂L/∂W‖")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def _first_last_ratio(norms: list[float]) -> float:

@@ -23,9 +23,7 @@ detector's boxes) and the pretrained backbones (``<backbone>_cifar10.safetensors
 
 from __future__ import annotations
 
-import io
 import json
-import math
 import shlex
 import time
 import warnings
@@ -40,10 +38,11 @@ from ..data.scenes import Scenes, SceneSettings, SceneSources, coco_map, compose
 from ..errors import InputError
 from ..progress import LoopProgress
 from ..registry import create_model
+from ..train.config import ScheduleConfig
 from ..train.engine import NonFiniteLossError, train_step
-from ..train.optim import param_groups
+from ..train.optim import Schedule, param_groups
 from ..transfer.detection import DETECTORS, detector
-from ..weights_io import atomic_write, export_weights
+from ..weights_io import atomic_write, export_weights, save_figure
 from .report import StudyReport
 
 # The plain counterpart of each residual backbone: the same layers without shortcuts.
@@ -110,13 +109,14 @@ def pretrain_backbone(name: str, sources: SceneSources, path: str | Path, *, epo
     model = create_model(name, num_classes=len(sources.classes))
     loader = make_loader(sources.train, batch_size, train=True, seed=seed)
     steps = max(1, round(epochs * len(loader)))
+    lr_at = _warmup_cosine(lr, steps, max(1, steps // 10))
     optimizer = torch.optim.SGD(param_groups(model, 5e-4), lr=lr, momentum=0.9, nesterov=True)
     start, step = time.perf_counter(), 0
     model.train()
     with LoopProgress(f"{name}: CIFAR-10 classification before detection", steps, unit="steps") as progress:
         while step < steps:
             for x, y in loader:
-                loss, correct, n = train_step(model, [(x, y)], optimizer, _lr_at(step, steps, lr, max(1, steps // 10)),
+                loss, correct, n = train_step(model, [(x, y)], optimizer, lr_at(step),
                                               raw_model=model, label_smoothing=0.1, where=f"{name} step {step + 1}")
                 step += 1
                 progress.advance(1, loss=round(float(loss) / n, 3), acc=round(float(correct) / n, 3))
@@ -140,11 +140,9 @@ def pretrain_backbone(name: str, sources: SceneSources, path: str | Path, *, epo
     return Pretraining(name, epochs, steps, correct / total, seconds, Path(path).name)
 
 
-def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
-    """Linear warm-up, then a cosine to zero."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+def _warmup_cosine(lr: float, steps: int, warmup: int):
+    """``lr(step)``: a linear warm-up, then a cosine to zero (the engine's ``cosine`` schedule)."""
+    return Schedule(ScheduleConfig(name="cosine", warmup=warmup), lr, steps, 1).lr
 
 
 def _as_inputs(images: torch.Tensor) -> list[torch.Tensor]:
@@ -160,15 +158,15 @@ def train_detector(model: torch.nn.Module, sources: SceneSources, steps: int, *,
     settings = settings or SceneSettings()
     warmup = warmup if warmup is not None else max(1, steps // 10)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-                                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}], lr=lr)
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
+    lr_at = _warmup_cosine(lr, steps, warmup)
     window = max(1, steps // 20)
     losses, running, count = [], 0.0, 0
     model.train()
     with LoopProgress(what, steps, unit="steps") as progress:
         for step in range(steps):
             for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, steps, lr, warmup)
+                group["lr"] = lr_at(step)
             scenes = compose_scenes(sources.train.images, sources.train.labels, batch_size, seed=seed,
                                     start=step * batch_size, settings=settings)
             loss_parts = model(_as_inputs(scenes.images), scenes.targets())
@@ -238,11 +236,7 @@ def _figure(path: Path, scenes: Scenes, runs: Sequence[DetectionRun], prediction
     fig.suptitle(f"held-out composed scenes: true boxes (top row) and detections scoring >= {min_score}",
                  fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def study_command(data, out_dir, detectors, backbones, steps, batch_size, lr, pretrain_epochs, held_out, seed,

@@ -149,6 +149,8 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..weights_io import save_figure
+
     k = len(classes)
     rows = confusion.float() / confusion.sum(1, keepdim=True).clamp_min(1)
     fig, ax = plt.subplots(figsize=(1 + 0.6 * k, 1 + 0.5 * k))
@@ -164,9 +166,7 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | Path
                         color="white" if rows[i, j] > 0.5 else "black")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=100)
 
 
 def _image_files(inputs: list[str | Path]) -> list[Path]:

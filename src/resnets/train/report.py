@@ -160,6 +160,8 @@ def plot_metrics(csv_path: Path, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..weights_io import save_figure
+
     rows = read_metrics(csv_path)
     epochs = [r["epoch"] for r in rows]
     written = []
@@ -179,7 +181,5 @@ def plot_metrics(csv_path: Path, out_dir: Path) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         path = Path(out_dir) / f"{name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, path, dpi=100))
     return written
