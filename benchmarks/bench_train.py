@@ -1,6 +1,8 @@
 """Training throughput of ResNet-20 on CIFAR-10, batch 128: the resnets engine against a
 torchvision-style reference loop (ImageFolder + DataLoader + per-sample transforms + eager step),
-measured in the same run, plus the fraction of this machine's fp32 matmul rate the engine reaches.
+measured in the same run, plus the fraction of this machine's fp32 matmul rate the engine reaches,
+and the fraction the network's convolutions alone would reach (each timed by itself: the ceiling
+that these kernels put on any engine).
 
     python benchmarks/bench_train.py --data ../shared/datasets/cifar10-jpeg/train [--steps 40] [--device cpu]
 
@@ -26,17 +28,50 @@ def matmul_rate(device: torch.device, n: int = 2048, repeats: int = 4, rounds: i
     """Measured FLOP/s of an n x n matrix product in ``dtype`` (the machine's practical peak): the
     best of ``rounds`` timings of ``repeats`` products, as a shared CPU's other work only slows it."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
+    return 2 * n**3 / _best(device, torch.matmul, a, b, rounds=rounds, repeats=repeats)
+
+
+def conv_time(model: torch.nn.Module, batch: int, device: torch.device, channels_last: bool = True) -> dict[str, float]:
+    """Seconds per training step that ``model``'s convolutions alone need at ``batch``: each layer's
+    forward, input-gradient and weight-gradient convolution timed by itself (best of 5) on its own
+    input shape, summed over the layers. The step cannot be faster than this with these kernels,
+    whatever the engine does around them, so ``batch * train_flops / sum`` is the ceiling of the
+    goal's ratio on this machine (issue 13)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    shapes: list[tuple[torch.nn.Conv2d, torch.Size]] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.append((m, i[0].shape)))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    total = {"forward": 0.0, "input gradient": 0.0, "weight gradient": 0.0}
+    for conv, shape in shapes:
+        x = torch.randn(batch, *shape[1:], device=device).contiguous(memory_format=fmt)
+        w = conv.weight.detach().to(device).contiguous(memory_format=fmt)
+        y = F.conv2d(x, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        g = torch.randn_like(y).contiguous(memory_format=fmt)
+        back = torch.ops.aten.convolution_backward
+        common = ([0], conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups)
+        total["forward"] += _best(device, F.conv2d, x, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if conv is not model.conv1:  # the stem's input is the image: no gradient is computed for it
+            total["input gradient"] += _best(device, back, g, x, w, *common, [True, False, False])
+        total["weight gradient"] += _best(device, back, g, x, w, *common, [False, True, False])
+    return total
+
+
+def _best(device: torch.device, fn, *args, rounds: int = 5, repeats: int = 3) -> float:
+    """Seconds of one ``fn(*args)``: the best of ``rounds`` means of ``repeats`` calls."""
+    fn(*args)
     best = float("inf")
     for _ in range(rounds):
         _sync(device)
         t = time.perf_counter()
         for _ in range(repeats):
-            a @ b
+            fn(*args)
         _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 * repeats / best
+        best = min(best, (time.perf_counter() - t) / repeats)
+    return best
 
 
 def _sync(device: torch.device) -> None:
@@ -137,6 +172,11 @@ def main() -> None:
     layout = ("NCHW" if args.nchw else "channels-last") + (", compiled" if args.compile else "") + f", {args.precision}"
     print(f"resnets engine (uint8 tensors on device, whole-batch augmentation, {layout}): {eng:.1f} img/s "
           f"({time.perf_counter() - t:.0f}s incl. warm-up and dataset open/decode, cached after the first run)")
+    convs = conv_time(model, 128, device, channels_last=not args.nchw)
+    ceiling = 128 / sum(convs.values())
+    print("the fp32 convolutions alone, per step of 128: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in convs.items())
+          + f" = {ceiling:.0f} img/s if nothing else took time; the engine spends "
+          f"{1 - eng / ceiling:.0%} of its step outside them")
     # The peak is measured again after the loops, and the higher figure kept: on a shared machine one
     # measurement can be low (80.8 and 138.2 GFLOP/s on the same kind of machine, 2026-12-03).
     again = matmul_rate(device)
@@ -144,7 +184,8 @@ def main() -> None:
           f"higher, {max(peak, again) / 1e9:.1f}")
     peak = max(peak, again)
     print(f"engine / reference = {eng / ref:.2f}x; engine reaches {eng * train_flops / peak:.1%} of the fp32 "
-          f"matmul rate (reference {ref * train_flops / peak:.1%})")
+          f"matmul rate (reference {ref * train_flops / peak:.1%}); the convolutions alone would reach "
+          f"{ceiling * train_flops / peak:.1%}")
     if args.precision != "fp32":
         peak16 = matmul_rate(device, dtype=torch.bfloat16)
         print(f"measured bf16 matmul rate {peak16 / 1e9:.1f} GFLOP/s ({peak16 / peak:.2f}x fp32); the engine reaches "
