@@ -112,3 +112,18 @@ def test_miniature_study_learns_and_reports(cifar_train_dir, tmp_path):
     assert report["figure"] == "detections.png" and report["command"].startswith("resnets study detection")
     assert (tmp_path / "detections.png").stat().st_size > 0
     assert (tmp_path / "resnet18_cifar10.safetensors").stat().st_size > 0
+
+
+def test_nonfinite_detector_loss_stops_naming_the_step(sources):
+    """The detectors train through the engine's one training step (its ``criterion`` hook), so a
+    NaN stops the run with the engine's error, naming the step, as classification training does."""
+    from resnets.study.detection import train_detector
+    from resnets.train.engine import NonFiniteLossError
+    from resnets.transfer.detection import detector
+
+    torch.manual_seed(0)
+    model = detector("fcos", "resnet18", fpn_channels=32, head_convs=1)
+    with torch.no_grad():
+        model.head.classification_head.cls_logits.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="loss is nan at detection training step 1"):
+        train_detector(model, sources, 2, batch_size=2)

@@ -264,3 +264,31 @@ def test_sigterm_to_a_real_training_process_saves_a_resumable_checkpoint(subset,
     assert ckpt["step"] >= 6 and ckpt["loader"]["batch"] in (ckpt["step"] % 6, 6)
     result = train(None, overrides=[f"train.epochs={ckpt['epoch'] + 2}"], resume=run)
     assert result.metrics["step"] == 6 * (ckpt["epoch"] + 2)
+
+
+def test_a_criterion_replaces_the_cross_entropy_in_the_one_training_step(subset):
+    """``train_step(criterion=...)`` (the hook the detection study trains through) computes the loss
+    instead of the built-in cross-entropy: twice the loss at half the lr is, in floating point
+    exactly, the built-in step (scaling by a power of two commutes with rounding)."""
+    import copy
+
+    import torch.nn.functional as F
+    from torchvision.io import decode_image
+
+    from resnets import create_model
+    from resnets.train.engine import train_step
+
+    files = sorted(subset.rglob("*.jpg"))[::8]
+    classes = sorted({f.parent.name for f in files})
+    x = torch.stack([decode_image(str(f)) for f in files]).float().div(255)
+    y = torch.tensor([classes.index(f.parent.name) for f in files])
+    a = create_model("resnet20", num_classes=len(classes)).train()
+    b, start = copy.deepcopy(a), copy.deepcopy(a.state_dict())
+    loss_a, correct_a, n = train_step(a, [(x, y)], torch.optim.SGD(a.parameters(), lr=0), 0.1, raw_model=a)
+    loss_b, correct_b, _ = train_step(b, [(x, y)], torch.optim.SGD(b.parameters(), lr=0), 0.05, raw_model=b,
+                                      criterion=lambda model, x, y: (2 * F.cross_entropy(model(x), y), 7))
+    assert n == len(files) == 15 and float(loss_b) == 2 * float(loss_a) and correct_b == 7
+    assert 0 <= int(correct_a) <= n
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    assert not torch.equal(a.conv1.weight, start["conv1.weight"])  # the step moved the weights

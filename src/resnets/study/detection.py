@@ -39,7 +39,7 @@ from ..errors import InputError
 from ..progress import LoopProgress
 from ..registry import create_model
 from ..train.config import ScheduleConfig
-from ..train.engine import NonFiniteLossError, train_step
+from ..train.engine import train_step
 from ..train.optim import Schedule, param_groups
 from ..transfer.detection import DETECTORS, detector
 from ..weights_io import atomic_write, export_weights, save_figure
@@ -145,6 +145,13 @@ def _warmup_cosine(lr: float, steps: int, warmup: int):
     return Schedule(ScheduleConfig(name="cosine", warmup=warmup), lr, steps, 1).lr
 
 
+def _detection_loss(model: torch.nn.Module, images: list[torch.Tensor], targets: list[dict]) -> tuple[torch.Tensor, int]:
+    """The engine's ``Criterion`` for torchvision's detectors: in training they take the targets and
+    return a dict of losses (classification, box regression, and centre-ness or objectness); the
+    step minimises their sum."""
+    return sum(model(images, targets).values()), 0
+
+
 def _as_inputs(images: torch.Tensor) -> list[torch.Tensor]:
     return list(images.float().div_(255))  # torchvision's detectors take RGB in [0, 1] and normalise
 
@@ -157,7 +164,6 @@ def train_detector(model: torch.nn.Module, sources: SceneSources, steps: int, *,
     returns the mean total loss over each twentieth of the steps."""
     settings = settings or SceneSettings()
     warmup = warmup if warmup is not None else max(1, steps // 10)
-    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
     lr_at = _warmup_cosine(lr, steps, warmup)
     window = max(1, steps // 20)
@@ -165,20 +171,12 @@ def train_detector(model: torch.nn.Module, sources: SceneSources, steps: int, *,
     model.train()
     with LoopProgress(what, steps, unit="steps") as progress:
         for step in range(steps):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step)
             scenes = compose_scenes(sources.train.images, sources.train.labels, batch_size, seed=seed,
                                     start=step * batch_size, settings=settings)
-            loss_parts = model(_as_inputs(scenes.images), scenes.targets())
-            loss = sum(loss_parts.values())
-            if not torch.isfinite(loss.detach()):
-                raise NonFiniteLossError(f"{what}: loss is {float(loss)} at step {step + 1} "
-                                         f"({ {k: float(v) for k, v in loss_parts.items()} })")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.step()
-            running, count = running + loss.item(), count + 1
+            loss, _, n = train_step(model, [(_as_inputs(scenes.images), scenes.targets())], optimizer, lr_at(step),
+                                    raw_model=model, grad_clip=grad_clip, criterion=_detection_loss,
+                                    where=f"{what} step {step + 1}")
+            running, count = running + float(loss) / n, count + 1
             if count == window or step + 1 == steps:
                 losses.append(running / count)
                 running, count = 0.0, 0

@@ -204,12 +204,19 @@ def _per_step(loader, accumulate: int, batches: int, start: int):
             group = []
 
 
+Criterion = Callable[[nn.Module, Any, Any], tuple[torch.Tensor, Any]]
+"""``(model, inputs, targets) -> (loss, correct)``: the forward pass and its loss, for a step whose
+model is not a classifier trained by cross-entropy (torchvision's detectors take targets and return
+their losses); ``correct`` counts right answers where that means something, else 0."""
+
+
 def train_step(model: nn.Module, micro_batches: list, optimizer: torch.optim.Optimizer, lr: float, *,
                raw_model: nn.Module, ema: EMA | None = None, scaler=None, autocast=None,
                label_smoothing: float = 0.0, grad_clip: float = 0.0, world: int = 1,
-               where: str = "") -> tuple[torch.Tensor, torch.Tensor, int]:
+               where: str = "", criterion: Criterion | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One optimizer step: forward, loss and backward for each micro-batch (gradient accumulation:
-    the mean over them), then the optimizer and the EMA of the weights.
+    the mean over them), then the optimizer and the EMA of the weights. The loss is cross-entropy
+    on the model's logits unless a ``criterion`` computes it.
 
     Returns the summed loss and the number of correct top-1 predictions as tensors (converting them
     is the caller's choice of when to synchronise) and the number of images."""
@@ -223,8 +230,11 @@ def train_step(model: nn.Module, micro_batches: list, optimizer: torch.optim.Opt
         sync = model.no_sync() if world > 1 and i + 1 < len(micro_batches) else nullcontext()
         with sync:
             with autocast, record_function("step/forward"):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+                if criterion is None:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+                else:
+                    loss, hits = criterion(model, x, y)
             if not _finite_everywhere(loss, world):
                 value = loss.item()
                 raise NonFiniteLossError(f"loss is {value} at {where}" if not math.isfinite(value)
@@ -234,7 +244,7 @@ def train_step(model: nn.Module, micro_batches: list, optimizer: torch.optim.Opt
                 (scaler.scale(scaled) if scaler else scaled).backward()
         with torch.no_grad():
             loss_sum = loss_sum + loss.detach() * len(y)
-            correct = correct + (logits.argmax(1) == y).sum()
+            correct = correct + ((logits.argmax(1) == y).sum() if criterion is None else hits)
         n += len(y)
     with record_function("step/optimizer"):
         if scaler:
