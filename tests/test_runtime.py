@@ -170,6 +170,14 @@ def test_exported_class_names_must_match_the_models_outputs(exported, tmp_path):
         open_backend(text)
 
 
+def test_exported_parameter_count_must_be_an_integer(exported, tmp_path):
+    """A string gave a bare ValueError from int() naming neither file nor key; a float was truncated."""
+    for value in ('"many"', "1.5", "true"):
+        bad = edited_onnx(exported["onnx"], tmp_path / "bad.onnx", metadata={"parameters": value})
+        with pytest.raises(InputError, match="bad.onnx: metadata 'parameters' must be a JSON integer"):
+            open_backend(bad)
+
+
 def test_a_static_batch_onnx_file_runs_any_batch(exported, images, tmp_path):
     """onnxruntime refuses any batch but the exported one (OpenVINO takes it): predict with one image,
     or eval's odd last batch, failed with onnxruntime's INVALID_ARGUMENT."""

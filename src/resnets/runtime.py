@@ -239,6 +239,11 @@ def _exported(kind: str, path: Path, meta: dict[str, Any], model: str | None, ru
 
     name = _checked_name(meta, model, path)
     preprocessing, why, classes = _described(meta, str(path))
+    parameters = meta.get("parameters")
+    # int() would give a bare ValueError for a string and quietly truncate 1.5 (or take true as 1).
+    if parameters is not None and not (isinstance(parameters, int) and not isinstance(parameters, bool)):
+        raise InputError(f"{path.name}: metadata 'parameters' must be a JSON integer (the parameter count); "
+                         f"got {parameters!r:.80}")
     from .registry import model_entry
 
     # One run tells the class count: the names must match it, or predictions get another class's
@@ -253,9 +258,8 @@ def _exported(kind: str, path: Path, meta: dict[str, Any], model: str | None, ru
                          f"{outputs} outputs")
     source = {"weights": meta["source_weights"], "sha256": meta.get("source_sha256", "")} \
         if meta.get("source_weights") else None
-    parameters = meta.get("parameters")
     return Backend(kind, name, preprocessing, classes, run, sha256_of(path), path.name, meta,
-                   parameters=int(parameters) if parameters is not None else None, runtime=runtime,
+                   parameters=parameters, runtime=runtime,
                    exported_from=source, preprocessing_error=why)
 
 
