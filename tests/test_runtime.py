@@ -48,6 +48,22 @@ def exported(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
+def static_pt2(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
+    """A random-weights resnet20 as `resnets export --static-batch --out static.pt2` writes it (the batch
+    fixed to the example's 2), and the PyTorch model it came from: the same seed builds the same weights."""
+    from resnets import create_model
+    from resnets.deploy import export_model
+
+    out = tmp_path_factory.mktemp("pt2") / "static.pt2"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        report = export_model("resnet20", out=out, dynamic_batch=False, check=False)
+        torch.manual_seed(0)
+        model = create_model("resnet20").eval()
+    return Path(report.out), model
+
+
+@pytest.fixture(scope="module")
 def images(cifar_train_dir) -> list[Path]:
     """Two real JPEGs per class."""
     return [cifar_train_dir / c / f"{i:04d}.jpg" for c in CLASSES for i in (0, 1)]
@@ -137,6 +153,26 @@ def test_wrong_file_for_a_backend_says_what_to_do(exported, capsys):
     assert main(["predict", "x.jpg", "--weights", "cifar10", "--model", "resnet20", "--backend", "openvino"]) == 2
     assert "resnets export" in capsys.readouterr().err
     assert set(BACKENDS) == {"torch", "onnxruntime", "openvino"}
+
+
+def test_upper_case_suffixes_are_exported_files(exported, static_pt2, tmp_path):
+    """model.ONNX or model.PT2 was taken for weights (the suffix compared as written) and refused as
+    "not a PyTorch file", or "weights file not found" for a missing one; the suffix says the kind in any case."""
+    import shutil
+
+    from resnets.deploy import export_model
+
+    onnx = shutil.copy(exported["onnx"], tmp_path / "model.ONNX")
+    pt2 = shutil.copy(static_pt2[0], tmp_path / "model.PT2")
+    for path, backend in [(onnx, "onnxruntime"), (pt2, "torch")]:
+        runner = open_backend(path)
+        assert runner.backend == backend and runner.name == "resnet20" and runner.module is None
+        assert read_file_metadata(path)["model"] == "resnet20"
+    with pytest.raises(FileNotFoundError, match="model file not found: .*missing.PT2"):
+        open_backend(tmp_path / "missing.PT2")
+    # export reads the format from the suffix in any case too; OpenVINO itself writes only a lower-case .xml.
+    with pytest.raises(InputError, match="OpenVINO IR is an .xml file .*--out model.xml; got model.XML"):
+        export_model("resnet20", out=tmp_path / "model.XML", check=False)
 
 
 def edited_onnx(source: Path, out: Path, *, metadata: dict[str, str] | None = None, fixed_batch: int | None = None,

@@ -105,3 +105,17 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path):
     save_checkpoint(tmp_path / "c.pt", state)
     back = load_checkpoint(tmp_path / "c.pt")
     assert back["step"] == 4 and torch.equal(back["model"]["w"], state["model"]["w"])
+
+
+def test_an_upper_case_safetensors_suffix_is_read_as_safetensors(tmp_path):
+    """w.SAFETENSORS went to torch.load (the suffix compared as written) and was refused as "not a
+    PyTorch file"; a missing one, named bare, was looked up as a shipped tag."""
+    from resnets.pretrained import resolve
+    from resnets.weights_io import read_metadata_only, read_weights
+
+    path = tmp_path / "w.SAFETENSORS"
+    export_weights(path, {"w": torch.ones(2)}, {"model": "resnet20"})
+    state, meta = read_weights(path)
+    assert torch.equal(state["w"], torch.ones(2)) and meta["model"] == "resnet20"
+    assert read_metadata_only(path)["model"] == "resnet20"
+    assert resolve("resnet20", "missing.SAFETENSORS") == Path("missing.SAFETENSORS")

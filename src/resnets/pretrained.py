@@ -98,7 +98,7 @@ def sha256_of(path: str | Path) -> str:
 def resolve(model: str, weights: str | Path) -> Path:
     """A path for ``weights``: an existing file as is, else a shipped record's verified file."""
     path = Path(weights)
-    if path.is_file() or path.suffix in (".safetensors", ".pt", ".pth") or "/" in str(weights):
+    if path.is_file() or path.suffix.lower() in (".safetensors", ".pt", ".pth") or "/" in str(weights):
         return path
     record = find(model, str(weights))
     actual = sha256_of(record.path)

@@ -39,6 +39,8 @@ from .preprocessing import Preprocessing, PreprocessingError
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 # Which runtime an exported file is for, when --backend is not given.
+# Suffixes are compared lower-cased, here and wherever a file's kind is told from its name:
+# model.ONNX was taken for weights and refused as "not a PyTorch file" (or "weights file not found").
 SUFFIX_BACKENDS = {".onnx": "onnxruntime", ".xml": "openvino", ".pt2": "torch"}
 EXPORTED_SUFFIXES = tuple(SUFFIX_BACKENDS)
 # OpenVINO IR's rt_info section and the .pt2 archive's extra file that hold the metadata.
@@ -140,15 +142,16 @@ def read_file_metadata(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    if path.suffix == ".onnx":
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
         onnx = need("onnx", "deploy", "reading an ONNX file's metadata")
         proto = onnx.load_model(str(path), load_external_data=False)
         return _decoded({p.key: p.value for p in proto.metadata_props})
-    if path.suffix == ".xml":
+    if suffix == ".xml":
         ov = need("openvino", "deploy", "reading OpenVINO IR")
         model = ov.Core().read_model(str(path))
         return _ov_metadata(model)
-    if path.suffix == ".pt2":
+    if suffix == ".pt2":
         extra = {PT2_EXTRA: ""}
         torch.export.load(str(path), extra_files=extra)
         return _decoded(json.loads(extra[PT2_EXTRA])) if extra[PT2_EXTRA] else {}
@@ -172,7 +175,7 @@ def set_ov_metadata(model, metadata: dict[str, str]) -> None:
 
 def backend_for(source: str | Path, backend: str | None) -> str:
     """The backend to use: the one asked for, else the runtime an exported file is for, else torch."""
-    suffix = Path(str(source)).suffix
+    suffix = Path(str(source)).suffix.lower()
     if backend is None:
         return SUFFIX_BACKENDS.get(suffix, "torch")
     if backend not in BACKENDS:
@@ -190,7 +193,7 @@ def open_backend(source: str | Path, backend: str | None = None, *, model: str |
     with ``threads`` threads (default: their own choice)."""
     kind = backend_for(source, backend)
     path = Path(str(source))
-    suffix = path.suffix
+    suffix = path.suffix.lower()
     if kind != "torch" and torch.device(device).type != "cpu":
         raise InputError(f"--backend {kind} runs on the CPU; got --device {device}")
     accepted = {"torch": (".pt2",), "onnxruntime": (".onnx",), "openvino": (".xml", ".onnx")}[kind]

@@ -256,7 +256,8 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     metadata: dict[str, Any] = {}
     with open(path, "rb") as f:
         head = f.read(16)
-    if path.suffix == ".safetensors":
+    # Lower-cased: torch.load would refuse w.SAFETENSORS as "not a PyTorch file".
+    if path.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -355,7 +356,7 @@ def read_metadata_only(path: str | Path) -> dict[str, Any]:
     """A weights file's metadata: from the header alone for ``.safetensors``; other files must be
     read whole (a checkpoint's ``meta`` sits beside its tensors)."""
     path = Path(path)
-    if path.suffix == ".safetensors" and path.is_file():
+    if path.suffix.lower() == ".safetensors" and path.is_file():
         try:
             return read_metadata(path)
         except Exception as exc:  # safetensors raises its own error types for a damaged header

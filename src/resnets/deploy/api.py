@@ -32,6 +32,7 @@ from ..errors import InputError
 from ..preprocessing import Preprocessing
 from .weights import LoadedModel, load_model
 
+# Looked up lower-cased, as the runtime's SUFFIX_BACKENDS: model.ONNX is an ONNX file.
 SUFFIX_FORMATS = {".onnx": "onnx", ".xml": "openvino", ".pt2": "pt2", ".pt": "torchscript", ".ts": "torchscript"}
 # The formats checked against PyTorch after export, and the runtime that checks each.
 CHECKED = {"onnx": "onnxruntime", "openvino": "openvino"}
@@ -179,7 +180,7 @@ def export_model(model: str | None, weights: str | Path | None = None, *, out: s
 
     choice = _choice(data)
     loaded = load_model(model, weights, num_classes)
-    fmt = format or SUFFIX_FORMATS.get(Path(out).suffix)
+    fmt = format or SUFFIX_FORMATS.get(Path(out).suffix.lower())
     if fmt is None:
         raise InputError(f"cannot tell the format from {str(out)!r}; pass --format onnx|openvino|torchscript|pt2")
     shape = loaded.input_size if not size else (loaded.input_size[0], size, size)
@@ -294,7 +295,7 @@ def quantize_model(model: str | None, weights: str | Path | None = None, *,
     from .quantize import compare_accuracy, quantize_aware_train, quantize_int8, resolve_method
 
     flow = "fx" if qat_epochs else resolve_method(method)
-    if out is not None and Path(out).suffix not in INT8_SUFFIXES[flow]:
+    if out is not None and Path(out).suffix.lower() not in INT8_SUFFIXES[flow]:
         raise InputError(f"--out: the {flow} int8 model is saved as {' or '.join(INT8_SUFFIXES[flow])}; "
                          f"got {Path(out).name}")
     choice = _choice(data)
@@ -376,10 +377,11 @@ def prune_model(model: str | None, weights: str | Path | None = None, *, method:
     if method not in ("structured", "unstructured"):
         raise InputError(f"pruning method must be 'structured' or 'unstructured'; got {method!r}")
     out_path = Path(out) if out else None
+    suffix = out_path.suffix.lower() if out_path else ""
     if out_path is not None:  # refuse a file we could not write before minutes of work
-        if out_path.suffix == ".safetensors" and method == "structured":
+        if suffix == ".safetensors" and method == "structured":
             raise InputError("structured pruning changes layer shapes: save as .pt2, .onnx or .pt")
-        if out_path.suffix != ".safetensors" and out_path.suffix not in SUFFIX_FORMATS:
+        if suffix != ".safetensors" and suffix not in SUFFIX_FORMATS:
             raise InputError(f"--out must end in .safetensors, .pt2, .onnx or .pt; got {out_path.name}")
     choice = _choice(data)
     loaded = load_model(model, weights, num_classes)
@@ -402,7 +404,7 @@ def prune_model(model: str | None, weights: str | Path | None = None, *, method:
     after = measure(pruned)
     saved = None
     if out_path is not None:
-        if out_path.suffix == ".safetensors":
+        if suffix == ".safetensors":
             from ..weights_io import export_weights
 
             # Everything the source weights carried (builder arguments, classes, recipe, preprocessing),
@@ -418,6 +420,6 @@ def prune_model(model: str | None, weights: str | Path | None = None, *, method:
         else:
             from .export import export
 
-            export(pruned, torch.randn(2, *size), out_path, SUFFIX_FORMATS[out_path.suffix])
+            export(pruned, torch.randn(2, *size), out_path, SUFFIX_FORMATS[suffix])
         saved = str(out_path)
     return PruneReport(loaded.name, method, ratio, epochs, before, after_prune, after, norm, split.to_dict(), saved)

@@ -76,7 +76,7 @@ def export_openvino(model: nn.Module, example: Tensor, path: str | Path, *, dyna
     would halve them to fp16 by default); ``metadata`` goes into the IR's ``rt_info``."""
     ov = need("openvino", "deploy", "export --format openvino")
     path = Path(path)
-    if path.suffix != ".xml":
+    if path.suffix != ".xml":  # as written, not lower-cased: OpenVINO's save_model refuses model.XML
         raise InputError(f"OpenVINO IR is an .xml file with a .bin beside it: --out {path.with_suffix('.xml').name}; "
                          f"got {path.name}")
     shapes = ({0: _batch_dim()},) if dynamic_batch else None
