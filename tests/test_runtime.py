@@ -226,6 +226,18 @@ def test_a_static_batch_onnx_file_runs_any_batch(exported, images, tmp_path):
         torch.testing.assert_close(static(x[:n]), dynamic(x[:n]), atol=1e-5, rtol=1e-5)
 
 
+def test_a_static_batch_pt2_file_runs_any_batch(static_pt2):
+    """As the ONNX file above: the exported program's guard refused any batch but its own 2
+    ("Guard failed: x.size()[0] == 2"), so predict with one image or eval's odd last batch failed."""
+    path, model = static_pt2
+    static = open_backend(path)
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    for n in (2, 1, 3, 4, 5):  # the fixed batch, less, a partial last chunk, whole chunks, both
+        torch.testing.assert_close(static(x[:n]), expected[:n], atol=1e-5, rtol=1e-5)
+
+
 def test_predict_refuses_nan_logits(exported, images, tmp_path):
     path = edited_onnx(exported["onnx"], tmp_path / "nan.onnx", nan="fc.bias")
     with pytest.raises(InputError, match=f"nan.onnx: the model produced NaN/inf logits on {images[0]}"):

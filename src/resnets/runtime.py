@@ -298,12 +298,38 @@ def _open_pt2(path: Path, model: str | None, device) -> Backend:
     meta = _decoded(json.loads(extra[PT2_EXTRA])) if extra[PT2_EXTRA] else {}
     module = program.module().to(device)
     dev = torch.device(device)
+    # The input's batch: an int for `resnets export --static-batch` (the program's guard refuses any
+    # other), else a symbol.
+    user_input = program.graph_signature.user_inputs[0]
+    batch = next(n for n in program.graph.nodes if n.name == user_input).meta["val"].shape[0]
 
     def run(x: Tensor) -> Tensor:
         with torch.no_grad():
             return module(x.to(dev)).float().cpu()
 
-    return _exported("torch", path, meta, model, run, f"torch {torch.__version__} (torch.export program)")
+    return _exported("torch", path, meta, model, _any_batch(run, batch if isinstance(batch, int) else None),
+                     f"torch {torch.__version__} (torch.export program)")
+
+
+def _any_batch(run: Callable[[Tensor], Tensor], fixed: int | None) -> Callable[[Tensor], Tensor]:
+    """``run`` for an exported file that takes only a batch of ``fixed`` (``resnets export
+    --static-batch``; None: any batch, ``run`` itself), made to take any batch: onnxruntime and a
+    ``.pt2`` program refuse any other (OpenVINO takes it). Chunks of ``fixed``, the last padded with
+    zeros (eval mode: rows do not affect each other), the padding's rows dropped."""
+    if fixed is None:
+        return run
+
+    def chunked(x: Tensor) -> Tensor:
+        if len(x) == fixed:
+            return run(x)
+        out = []
+        for start in range(0, len(x), fixed):
+            chunk = x[start:start + fixed]
+            padded = torch.cat([chunk, chunk.new_zeros(fixed - len(chunk), *chunk.shape[1:])])
+            out.append(run(padded)[:len(chunk)])
+        return torch.cat(out)
+
+    return chunked
 
 
 def run_onnxruntime(path: str | Path, threads: int | None = None) -> Callable[[Tensor], Tensor]:
@@ -314,25 +340,15 @@ def run_onnxruntime(path: str | Path, threads: int | None = None) -> Callable[[T
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
-    import numpy as np
-
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    fixed = session.get_inputs()[0].shape[0]  # an int for `resnets export --static-batch`, else a name
+    batch = session.get_inputs()[0].shape[0]  # an int for `resnets export --static-batch`, else a name
 
-    def run(x: Tensor) -> Tensor:
+    def run_session(x: Tensor) -> Tensor:
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        if not isinstance(fixed, int) or len(array) == fixed:
-            return torch.from_numpy(session.run(None, {name: array})[0])
-        # onnxruntime refuses any other batch (OpenVINO takes it): run chunks of the fixed batch,
-        # the last padded with zeros (eval mode: rows do not affect each other), padding dropped.
-        out = []
-        for start in range(0, len(array), fixed):
-            chunk = array[start:start + fixed]
-            padded = np.concatenate([chunk, np.zeros((fixed - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-            out.append(session.run(None, {name: padded})[0][:len(chunk)])
-        return torch.from_numpy(np.concatenate(out))
+        return torch.from_numpy(session.run(None, {name: array})[0])
 
+    run = _any_batch(run_session, batch if isinstance(batch, int) else None)
     run.runtime = f"onnxruntime {ort.__version__}, CPUExecutionProvider"
     return run
 
