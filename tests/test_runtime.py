@@ -207,10 +207,11 @@ def test_exported_class_names_must_match_the_models_outputs(exported, tmp_path):
 
 
 def test_exported_parameter_count_must_be_an_integer(exported, tmp_path):
-    """A string gave a bare ValueError from int() naming neither file nor key; a float was truncated."""
-    for value in ('"many"', "1.5", "true"):
+    """A string gave a bare ValueError from int() naming neither file nor key; a float was truncated;
+    a negative count was taken as given."""
+    for value in ('"many"', "1.5", "true", "-3"):
         bad = edited_onnx(exported["onnx"], tmp_path / "bad.onnx", metadata={"parameters": value})
-        with pytest.raises(InputError, match="bad.onnx: metadata 'parameters' must be a JSON integer"):
+        with pytest.raises(InputError, match="bad.onnx: metadata 'parameters' must be a non-negative JSON integer"):
             open_backend(bad)
 
 
@@ -222,7 +223,7 @@ def test_a_static_batch_onnx_file_runs_any_batch(exported, images, tmp_path):
     from resnets.data import load_files
 
     x = dynamic.prepared().normalize(load_files(images[:5], dynamic.prepared()))
-    for n in (1, 2, 5):
+    for n in (0, 1, 2, 5):  # 0: torch.cat of no chunks failed; an empty batch gives no rows
         torch.testing.assert_close(static(x[:n]), dynamic(x[:n]), atol=1e-5, rtol=1e-5)
 
 
@@ -234,8 +235,12 @@ def test_a_static_batch_pt2_file_runs_any_batch(static_pt2):
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         expected = model(x)
-    for n in (2, 1, 3, 4, 5):  # the fixed batch, less, a partial last chunk, whole chunks, both
-        torch.testing.assert_close(static(x[:n]), expected[:n], atol=1e-5, rtol=1e-5)
+    # load_exported (export's parity check) runs the file as the backend does.
+    from resnets.deploy import load_exported
+
+    for run in (static, load_exported(path, "pt2")):
+        for n in (2, 1, 3, 4, 5, 0):  # the fixed batch, less, a partial last chunk, whole chunks, both, none
+            torch.testing.assert_close(run(x[:n]), expected[:n], atol=1e-5, rtol=1e-5)
 
 
 def test_predict_refuses_nan_logits(exported, images, tmp_path):

@@ -244,8 +244,10 @@ def _exported(kind: str, path: Path, meta: dict[str, Any], model: str | None, ru
     preprocessing, why, classes = _described(meta, str(path))
     parameters = meta.get("parameters")
     # int() would give a bare ValueError for a string and quietly truncate 1.5 (or take true as 1).
-    if parameters is not None and not (isinstance(parameters, int) and not isinstance(parameters, bool)):
-        raise InputError(f"{path.name}: metadata 'parameters' must be a JSON integer (the parameter count); "
+    # A negative count is no count either.
+    if parameters is not None and not (isinstance(parameters, int) and not isinstance(parameters, bool)
+                                       and parameters >= 0):
+        raise InputError(f"{path.name}: metadata 'parameters' must be a non-negative JSON integer (the parameter count); "
                          f"got {parameters!r:.80}")
     from .registry import model_entry
 
@@ -291,11 +293,18 @@ def _open_weights(weights: str | Path, model: str | None, device) -> Backend:
 
 
 def _open_pt2(path: Path, model: str | None, device) -> Backend:
+    run = run_pt2(path, device)
+    return _exported("torch", path, run.metadata, model, run, run.runtime)
+
+
+def run_pt2(path: str | Path, device: str | torch.device = "cpu") -> Callable[[Tensor], Tensor]:
+    """A callable running a ``.pt2`` program (``resnets export``/``quantize``) on ``device``, any
+    batch; its ``runtime`` attribute says which, its ``metadata`` what the file carries."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     extra = {PT2_EXTRA: ""}
     program = torch.export.load(str(path), extra_files=extra)
-    meta = _decoded(json.loads(extra[PT2_EXTRA])) if extra[PT2_EXTRA] else {}
     module = program.module().to(device)
     dev = torch.device(device)
     # The input's batch: an int for `resnets export --static-batch` (the program's guard refuses any
@@ -303,12 +312,14 @@ def _open_pt2(path: Path, model: str | None, device) -> Backend:
     user_input = program.graph_signature.user_inputs[0]
     batch = next(n for n in program.graph.nodes if n.name == user_input).meta["val"].shape[0]
 
-    def run(x: Tensor) -> Tensor:
+    def run_program(x: Tensor) -> Tensor:
         with torch.no_grad():
             return module(x.to(dev)).float().cpu()
 
-    return _exported("torch", path, meta, model, _any_batch(run, batch if isinstance(batch, int) else None),
-                     f"torch {torch.__version__} (torch.export program)")
+    run = _any_batch(run_program, batch if isinstance(batch, int) else None)
+    run.runtime = f"torch {torch.__version__} (torch.export program)"
+    run.metadata = _decoded(json.loads(extra[PT2_EXTRA])) if extra[PT2_EXTRA] else {}
+    return run
 
 
 def _any_batch(run: Callable[[Tensor], Tensor], fixed: int | None) -> Callable[[Tensor], Tensor]:
@@ -322,6 +333,8 @@ def _any_batch(run: Callable[[Tensor], Tensor], fixed: int | None) -> Callable[[
     def chunked(x: Tensor) -> Tensor:
         if len(x) == fixed:
             return run(x)
+        if not len(x):  # no chunks: torch.cat([]) would fail; the one padded run gives the output's shape
+            return run(x.new_zeros(fixed, *x.shape[1:]))[:0]
         out = []
         for start in range(0, len(x), fixed):
             chunk = x[start:start + fixed]

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, need
-from ..runtime import PT2_EXTRA, run_onnxruntime, run_openvino, set_ov_metadata
+from ..runtime import PT2_EXTRA, run_onnxruntime, run_openvino, run_pt2, set_ov_metadata
 
 FORMATS = ("onnx", "openvino", "torchscript", "pt2")
 # torch.export needs a finite range; 1 is allowed because Dim(min=2) specialises batch-1 calls away.
@@ -149,7 +149,7 @@ def load_exported(path: str | Path, fmt: str):
             warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=FutureWarning)
             module = torch.jit.load(str(path), map_location="cpu").eval()
     elif fmt == "pt2":
-        module = torch.export.load(str(path)).module()
+        return run_pt2(path)  # a static-batch program runs any batch, as --backend torch runs it
     else:
         raise InputError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
 
