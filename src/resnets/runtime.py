@@ -152,9 +152,7 @@ def read_file_metadata(path: str | Path) -> dict[str, Any]:
         model = ov.Core().read_model(str(path))
         return _ov_metadata(model)
     if suffix == ".pt2":
-        extra = {PT2_EXTRA: ""}
-        torch.export.load(str(path), extra_files=extra)
-        return _decoded(json.loads(extra[PT2_EXTRA])) if extra[PT2_EXTRA] else {}
+        return _load_pt2(path)[1]
     raise InputError(f"{path.name}: not an exported model file ({', '.join(EXPORTED_SUFFIXES)})")
 
 
@@ -303,8 +301,7 @@ def run_pt2(path: str | Path, device: str | torch.device = "cpu") -> Callable[[T
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    extra = {PT2_EXTRA: ""}
-    program = torch.export.load(str(path), extra_files=extra)
+    program, metadata = _load_pt2(path)
     module = program.module().to(device)
     dev = torch.device(device)
     # The input's batch: an int for `resnets export --static-batch` (the program's guard refuses any
@@ -318,8 +315,15 @@ def run_pt2(path: str | Path, device: str | torch.device = "cpu") -> Callable[[T
 
     run = _any_batch(run_program, batch if isinstance(batch, int) else None)
     run.runtime = f"torch {torch.__version__} (torch.export program)"
-    run.metadata = _decoded(json.loads(extra[PT2_EXTRA])) if extra[PT2_EXTRA] else {}
+    run.metadata = metadata
     return run
+
+
+def _load_pt2(path: Path):
+    """A ``.pt2`` archive's program and the metadata in its extra file (empty if none)."""
+    extra = {PT2_EXTRA: ""}
+    program = torch.export.load(str(path), extra_files=extra)
+    return program, _decoded(json.loads(extra[PT2_EXTRA])) if extra[PT2_EXTRA] else {}
 
 
 def _any_batch(run: Callable[[Tensor], Tensor], fixed: int | None) -> Callable[[Tensor], Tensor]:
