@@ -195,7 +195,14 @@ def main() -> None:
     layout = ("NCHW" if args.nchw else "channels-last") + (", compiled" if args.compile else "") + f", {args.precision}"
     print(f"resnets engine (uint8 tensors on device, whole-batch augmentation, {layout}): {eng:.1f} img/s "
           f"({time.perf_counter() - t:.0f}s incl. warm-up and dataset open/decode, cached after the first run)")
-    convs = conv_time(model, 128, device, channels_last=not args.nchw)
+    if device.type == "cpu":
+        # The engine told glibc to keep freed memory (resnets/train/host_memory.py); the reference ran
+        # before, with glibc's defaults, as a loop written by hand would. Its figure with the same
+        # setting says how much of the engine's lead that setting alone is.
+        again = reference_rate(args.data, args.steps, device)
+        print(f"reference again, after the engine set glibc to keep freed memory in this process: {again:.1f} img/s "
+              f"(engine / that = {eng / again:.2f}x)")
+    convs = conv_time(model, 128, device, channels_last=not args.nchw)  # and these, as the engine runs
     ceiling = 128 / sum(convs.values())
     print("the fp32 convolutions alone, per step of 128: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in convs.items())
           + f" = {ceiling:.0f} img/s if nothing else took time; the engine spends "

@@ -2,7 +2,7 @@
 ``train_step``: forward, loss, backward, optimizer, EMA; the per-step finiteness check) under
 ``torch.profiler``, ResNet-20 on real CIFAR-10 images at batch 128 by default.
 
-    python benchmarks/profile_train_step.py --data DIR [--steps 20] [--batch 128] [--nchw] [--compile]
+    python benchmarks/profile_train_step.py --data DIR [--steps 20] [--batch 128] [--nchw] [--compile] [--glibc-malloc]
 
 Each operator's self time is attributed to the step phase (``record_function`` range) it ran in and
 to a kind (convolution, batch-norm, ReLU, add, ...); "Python and framework" is the wall time of the
@@ -24,6 +24,7 @@ import resnets
 from resnets.data import make_loader, open_dataset, split_train_val
 from resnets.train.config import OptimConfig
 from resnets.train.engine import _first_nonfinite, train_step
+from resnets.train.host_memory import keep_freed_memory
 from resnets.train.optim import EMA, build_optimizer
 
 KINDS = [  # (kind, operator-name pattern); first match wins
@@ -54,9 +55,13 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                         help="bf16: autocast, as train.precision=bf16 (fast only where the CPU has AVX512_BF16/AMX)")
+    parser.add_argument("--glibc-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (the engine keeps freed memory: train/host_memory.py)")
     args = parser.parse_args()
     if not args.data:
         parser.error("give --data DIR or set RESNETS_DATA")
+    if not args.glibc_malloc:
+        keep_freed_memory()  # as resnets.train does on a CPU
 
     dataset = open_dataset(args.data, split="train")
     train_ds, _ = split_train_val(dataset, val_size=5000, seed=0)

@@ -43,6 +43,7 @@ from .checkpoint import (
 )
 from .config import Config, config_from_dict, load_config, set_key
 from .config import validate as check_config
+from .host_memory import keep_freed_memory
 from .optim import EMA, Schedule, build_optimizer
 from .report import Reporter, write_metrics
 
@@ -397,6 +398,8 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
     device = select_device(t.device, local_rank)
     if t.threads:
         torch.set_num_threads(t.threads)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults on each step's fresh activations (host_memory.py)
     # Resolved once and saved so: a resumed run keeps the arithmetic it started with on any machine.
     t.precision = resolve_precision(t.precision, device)
     if resume is None:
