@@ -4,7 +4,8 @@ Why (issue 13, item 2): a ResNet-20 step at batch 128 allocates and frees about 
 activations and gradients, in blocks of up to 8 MB. glibc returns blocks above its mmap threshold
 to the kernel on free, and trims the top of its heap once more than twice that threshold is free,
 so each step writes to fresh pages: ~30,000 page faults a step, the kernel zeroing each page. On a
-2-core EPYC that was a fifth of an fp32 step (``benchmarks/bench_train.py``, RESULTS.md). Keeping
+2-core EPYC that was up to a fifth of an fp32 step; how much depends on the thresholds glibc has
+raised by itself after earlier large frees (``benchmarks/bench_train.py``, RESULTS.md). Keeping
 freed blocks is what PyTorch's CUDA caching allocator does on a GPU, and what Intel's advice to
 train on CPUs with jemalloc or tcmalloc (``LD_PRELOAD``) buys; ``mallopt`` gets it from glibc
 without a preload or a dependency.
