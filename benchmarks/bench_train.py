@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import resnets
+from resnets.train.host_memory import keep_freed_memory
 
 
 def matmul_rate(device: torch.device, n: int = 2048, repeats: int = 4, rounds: int = 5, dtype=torch.float32) -> float:
@@ -195,10 +196,10 @@ def main() -> None:
     layout = ("NCHW" if args.nchw else "channels-last") + (", compiled" if args.compile else "") + f", {args.precision}"
     print(f"resnets engine (uint8 tensors on device, whole-batch augmentation, {layout}): {eng:.1f} img/s "
           f"({time.perf_counter() - t:.0f}s incl. warm-up and dataset open/decode, cached after the first run)")
-    if device.type == "cpu":
-        # The engine told glibc to keep freed memory (resnets/train/host_memory.py); the reference ran
-        # before, with glibc's defaults, as a loop written by hand would. Its figure with the same
-        # setting says how much of the engine's lead that setting alone is.
+    # The engine told glibc to keep freed memory (resnets/train/host_memory.py; the call is idempotent
+    # and says whether it applied); the reference ran before, with glibc's defaults, as a loop written
+    # by hand would. Its figure with the same setting says how much of the engine's lead that is.
+    if device.type == "cpu" and keep_freed_memory():
         again = reference_rate(args.data, args.steps, device)
         print(f"reference again, after the engine set glibc to keep freed memory in this process: {again:.1f} img/s "
               f"(engine / that = {eng / again:.2f}x)")

@@ -17,7 +17,7 @@ import pytest
 # before), then after keep_freed_memory().
 _PROBE = r"""
 import ctypes, json, resource, torch
-from resnets.train.host_memory import keep_freed_memory
+from resnets.train.host_memory import _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, keep_freed_memory
 def faults_of_rounds():
     for i in range(10):
         if i == 5:
@@ -27,7 +27,7 @@ def faults_of_rounds():
         del a, b
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
 mallopt = ctypes.CDLL(None).mallopt
-assert mallopt(-3, 128 * 1024) == 1 and mallopt(-1, 128 * 1024) == 1  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+assert mallopt(_M_MMAP_THRESHOLD, 128 * 1024) == 1 and mallopt(_M_TRIM_THRESHOLD, 128 * 1024) == 1
 fresh = faults_of_rounds()
 applied = keep_freed_memory()
 print(json.dumps({"fresh": fresh, "applied": applied, "kept": faults_of_rounds()}))
