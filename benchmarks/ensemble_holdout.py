@@ -1,0 +1,78 @@
+"""How far above one network the same data lets an ensemble go: weight files evaluated alone and as
+averaged-softmax ensembles on the 5k held-out split, without and with flip TTA (issue 13).
+
+    python benchmarks/ensemble_holdout.py --data DIR A.safetensors B.safetensors [C.safetensors ...]
+
+An ensemble of networks trained apart is a cheap estimate of what more capacity, distillation from
+those networks, or a longer search could still buy on these images: if averaging several resnet20s
+stays below a goal, a single resnet20 reaching it would have to beat the ensemble. Every file must
+hold out the same split (its recipe's ``data.val_size`` and ``data.split_seed``); the held-out images
+are those ``resnets eval --holdout`` uses, with each file's own preprocessing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+from pathlib import Path
+
+import torch
+
+from resnets.data import holdout_split, open_dataset
+from resnets.data.split import recipe_data
+from resnets.runtime import open_backend
+
+
+@torch.no_grad()
+def held_out_probabilities(weights: str, data: str, dataset
+                           ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor], tuple]:
+    """Softmax of ``weights`` on its held-out images, plain and averaged with the mirror image; the
+    images themselves, and the recipe's (val_size, split_seed)."""
+    net = open_backend(weights, None, device=torch.device("cpu"))
+    meta = net.metadata
+    recipe = recipe_data(meta)
+    split = (recipe.get("val_size"), recipe.get("split_seed"))
+    val = holdout_split(data, meta, None, None, dataset=dataset).val
+    prep = net.prepared()
+    plain, flip = [], []
+    for start in range(0, len(val), 500):
+        x = prep.normalize(prep.resize(val.images[start:start + 500]), torch.device("cpu"))
+        p = net(x).float().softmax(1)
+        plain.append(p)
+        flip.append((p + net(x.flip(3)).float().softmax(1)) / 2)
+    return {"none": torch.cat(plain), "flip": torch.cat(flip)}, (val.images, val.labels), split
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("weights", nargs="+", help="two or more weight files (.safetensors) of the same classes")
+    parser.add_argument("--data", default=os.environ.get("RESNETS_DATA"), help="the image folder (or RESNETS_DATA)")
+    args = parser.parse_args()
+    if not args.data:
+        parser.error("give --data DIR or set RESNETS_DATA")
+    if len(args.weights) < 2:
+        parser.error("give at least two weight files")
+    probs, images, labels, splits = {}, None, None, {}
+    dataset = open_dataset(args.data, split="train", min_classes=1)
+    for w in args.weights:
+        probs[w], y, splits[w] = held_out_probabilities(w, args.data, dataset)
+        if labels is not None and not (torch.equal(y[0], images) and torch.equal(y[1], labels)):
+            parser.error(f"{w} holds out other images than {args.weights[0]} (split {splits[w]} vs "
+                         f"{splits[args.weights[0]]}): an ensemble needs the same held-out split")
+        images, labels = y
+
+    def top1(p: torch.Tensor) -> float:
+        return float((p.argmax(1) == labels).float().mean())
+
+    print(f"{len(labels)} held-out images of {args.data}")
+    print("| networks | top-1 | with flip TTA |\n|---|---:|---:|")
+    for r in range(1, len(args.weights) + 1):
+        for group in itertools.combinations(args.weights, r):
+            names = " + ".join(Path(w).name for w in group)
+            row = [top1(sum(probs[w][tta] for w in group)) for tta in ("none", "flip")]
+            print(f"| {names} | {row[0]:.2%} | {row[1]:.2%} |")
+
+
+if __name__ == "__main__":
+    main()
