@@ -22,26 +22,23 @@ import torch
 from resnets.data import holdout_split, open_dataset
 from resnets.data.split import recipe_data
 from resnets.runtime import open_backend
+from resnets.train.evaluate import eval_batches, tta_logits
 
 
 @torch.no_grad()
 def held_out_probabilities(weights: str, data: str, dataset
                            ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor], tuple]:
-    """Softmax of ``weights`` on its held-out images, plain and averaged with the mirror image; the
-    images themselves, and the recipe's (val_size, split_seed)."""
+    """Predicted probabilities of ``weights`` on its held-out images, without and with flip TTA (as
+    ``resnets eval`` computes them); the images and labels; the recipe's (val_size, split_seed)."""
     net = open_backend(weights, None, device=torch.device("cpu"))
-    meta = net.metadata
-    recipe = recipe_data(meta)
-    split = (recipe.get("val_size"), recipe.get("split_seed"))
-    val = holdout_split(data, meta, None, None, dataset=dataset).val
-    prep = net.prepared()
-    plain, flip = [], []
-    for start in range(0, len(val), 500):
-        x = prep.normalize(prep.resize(val.images[start:start + 500]), torch.device("cpu"))
-        p = net(x).float().softmax(1)
-        plain.append(p)
-        flip.append((p + net(x.flip(3)).float().softmax(1)) / 2)
-    return {"none": torch.cat(plain), "flip": torch.cat(flip)}, (val.images, val.labels), split
+    recipe = recipe_data(net.metadata)
+    val = holdout_split(data, net.metadata, None, None, dataset=dataset).val
+    probs = {"none": [], "flip": []}
+    for x, _ in eval_batches(val, net.prepared(), 500, torch.device("cpu")):
+        for tta, p in probs.items():
+            p.append(tta_logits(net, x, tta if tta == "flip" else None).softmax(1))
+    return ({tta: torch.cat(p) for tta, p in probs.items()}, (val.images, val.labels),
+            (recipe.get("val_size"), recipe.get("split_seed")))
 
 
 def main() -> None:

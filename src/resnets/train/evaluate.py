@@ -33,7 +33,7 @@ def _preprocessing(meta: dict, weights) -> Preprocessing:
     return Preprocessing.from_metadata(meta, str(weights))
 
 
-def _batches(ds, prep: Preprocessing, batch_size: int, device):
+def eval_batches(ds, prep: Preprocessing, batch_size: int, device):
     """Normalised evaluation batches with the weights' preprocessing (not the evaluation set's)."""
     from ..data import TensorImageDataset, make_loader
 
@@ -47,7 +47,9 @@ def _batches(ds, prep: Preprocessing, batch_size: int, device):
 
 
 @torch.no_grad()
-def _logits(net: Backend, x: torch.Tensor, tta: str | None) -> torch.Tensor:
+def tta_logits(net: Backend, x: torch.Tensor, tta: str | None) -> torch.Tensor:
+    """Logits of ``net`` on ``x``; with ``tta="flip"``, the log of the softmax averaged over the image
+    and its mirror (so ``.softmax(1)`` of either gives the predicted probabilities)."""
     out = net(x).float()
     if tta == "flip":  # average the softmax of the image and its mirror (the training augmentation)
         out = (out.softmax(1) + net(x.flip(3)).float().softmax(1)).div(2).log()
@@ -94,9 +96,9 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
     confusion = torch.zeros(k, k, dtype=torch.int64)
     correct5 = 0
     with LoopProgress(f"eval {Path(data).name}", len(ds), unit="images") as progress:
-        for x, y in _batches(ds, prep, batch_size, device):
+        for x, y in eval_batches(ds, prep, batch_size, device):
             y = remap[y.cpu()]
-            logits = _logits(net, x, tta)  # on the CPU, whatever ran it
+            logits = tta_logits(net, x, tta)  # on the CPU, whatever ran it
             # argmax of NaN is an index: a silent "accuracy" (issue 15). -inf is allowed: flip TTA's
             # log of an averaged probability that underflowed to 0.
             if bool((logits.isnan() | logits.isposinf()).any()):
