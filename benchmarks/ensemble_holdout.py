@@ -22,23 +22,26 @@ import torch
 from resnets.data import holdout_split, open_dataset
 from resnets.data.split import recipe_data
 from resnets.runtime import open_backend
-from resnets.train.evaluate import eval_batches, tta_logits
+from resnets.train.evaluate import check_classes, eval_batches, tta_logits
 
 
 @torch.no_grad()
-def held_out_probabilities(weights: str, data: str, dataset
-                           ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor], tuple]:
+def held_out_probabilities(weights: str, data: str, dataset) -> tuple[dict[str, torch.Tensor], dict]:
     """Predicted probabilities of ``weights`` on its held-out images, without and with flip TTA (as
-    ``resnets eval`` computes them); the images and labels; the recipe's (val_size, split_seed)."""
+    ``resnets eval`` computes them), and what an ensemble must share: the held-out images, their
+    labels in the network's class order, the classes, the recipe's (val_size, split_seed)."""
     net = open_backend(weights, None, device=torch.device("cpu"))
     recipe = recipe_data(net.metadata)
     val = holdout_split(data, net.metadata, None, None, dataset=dataset).val
+    classes = check_classes(net, net.metadata, val.info.classes, weights, data)
+    remap = torch.tensor([classes.index(c) for c in val.info.classes])
     probs = {"none": [], "flip": []}
     for x, _ in eval_batches(val, net.prepared(), 500, torch.device("cpu")):
         for tta, p in probs.items():
             p.append(tta_logits(net, x, tta if tta == "flip" else None).softmax(1))
-    return ({tta: torch.cat(p) for tta, p in probs.items()}, (val.images, val.labels),
-            (recipe.get("val_size"), recipe.get("split_seed")))
+    shared = {"images": val.images, "labels": remap[val.labels], "classes": classes,
+              "split": (recipe.get("val_size"), recipe.get("split_seed"))}
+    return {tta: torch.cat(p) for tta, p in probs.items()}, shared
 
 
 def main() -> None:
@@ -50,14 +53,18 @@ def main() -> None:
         parser.error("give --data DIR or set RESNETS_DATA")
     if len(args.weights) < 2:
         parser.error("give at least two weight files")
-    probs, images, labels, splits = {}, None, None, {}
+    probs, first = {}, None
     dataset = open_dataset(args.data, split="train", min_classes=1)
     for w in args.weights:
-        probs[w], y, splits[w] = held_out_probabilities(w, args.data, dataset)
-        if labels is not None and not (torch.equal(y[0], images) and torch.equal(y[1], labels)):
-            parser.error(f"{w} holds out other images than {args.weights[0]} (split {splits[w]} vs "
-                         f"{splits[args.weights[0]]}): an ensemble needs the same held-out split")
-        images, labels = y
+        probs[w], shared = held_out_probabilities(w, args.data, dataset)
+        first = first or shared
+        if shared["classes"] != first["classes"]:
+            parser.error(f"{w} has classes {shared['classes']}, {args.weights[0]} {first['classes']}: "
+                         "averaging their probabilities needs the same classes in the same order")
+        if not torch.equal(shared["images"], first["images"]):
+            parser.error(f"{w} holds out other images than {args.weights[0]} (split {shared['split']} vs "
+                         f"{first['split']}): an ensemble needs the same held-out split")
+    labels = first["labels"]
 
     def top1(p: torch.Tensor) -> float:
         return float((p.argmax(1) == labels).float().mean())
