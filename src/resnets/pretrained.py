@@ -57,6 +57,10 @@ RECORDS: list[WeightsRecord] = [
     _cifar10_cpu("resnet32", "9216d76b1910e7d5ed93e52b4310f27ad413881681f36f9878c878bffb34bc68", 0.8708, 0.9926,
                  0.8764, "1,829", "2-core x86 CPU (AMD EPYC with AVX-512 and AVX512_BF16: the recipe's precision auto "
                  "trained in bf16), otherwise idle", 20, 7_020, overrides=" --set model.name=resnet32 --set train.epochs=20"),
+    _cifar10_cpu("resnet44", "4369ebaee0410794001c1d17fa486763b653967e29f4081ed4ba44331c4995c8", 0.8728, 0.9930,
+                 0.8796, "3,892", "2-core x86 CPU (AMD EPYC with AVX-512 and AVX512_BF16: the recipe's precision auto "
+                 "trained in bf16), one thread (train.threads=1) beside another training run on the other core",
+                 20, 7_020, overrides=" --set model.name=resnet44 --set train.epochs=20"),
     _cifar10_cpu("resnet56", "dcdfc7ee556f8c94d2e33f36b606e81ddd81148739803d4dc90a7266a373d1a5", 0.8714, 0.9944,
                  0.8786, "5,825", "2-core x86 CPU (AMD EPYC with AVX-512 and AVX512_BF16: the recipe's precision auto "
                  "trained in bf16), one thread (train.threads=1) beside another training run on the other core",
