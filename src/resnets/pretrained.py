@@ -49,21 +49,19 @@ def _cifar10_cpu(model: str, sha256: str, top1: float, top5: float, top1_flip: f
 
 
 # From runs of the project's own recipes; RESULTS.md gives the commands and the timings.
+_EPYC_BF16 = "2-core x86 CPU (AMD EPYC with AVX-512 and AVX512_BF16: the recipe's precision auto trained in bf16)"
+_BESIDE = ", one thread (train.threads=1) beside another training run on the other core"
 RECORDS: list[WeightsRecord] = [
     _cifar10_cpu("resnet20", "53528a3561946348ca9b6e1769922198c93e0374a1eac78c1ab392f9d520edc3", 0.8896, 0.9946,
-                 0.8978, "7,998", "2-core x86 CPU (AMD EPYC with AVX-512 and AVX512_BF16: the recipe's precision auto "
-                 "trained in bf16); one thread beside another training run for epochs 1-55, two threads after",
+                 0.8978, "7,998", _EPYC_BF16 + "; one thread beside another training run for epochs 1-55, two threads after",
                  90, 31_590, overrides=" --set data.cutout=16 --set train.epochs=90"),
     _cifar10_cpu("resnet32", "9216d76b1910e7d5ed93e52b4310f27ad413881681f36f9878c878bffb34bc68", 0.8708, 0.9926,
-                 0.8764, "1,829", "2-core x86 CPU (AMD EPYC with AVX-512 and AVX512_BF16: the recipe's precision auto "
-                 "trained in bf16), otherwise idle", 20, 7_020, overrides=" --set model.name=resnet32 --set train.epochs=20"),
+                 0.8764, "1,829", _EPYC_BF16 + ", otherwise idle", 20, 7_020, overrides=" --set model.name=resnet32 --set train.epochs=20"),
     _cifar10_cpu("resnet44", "4369ebaee0410794001c1d17fa486763b653967e29f4081ed4ba44331c4995c8", 0.8728, 0.9930,
-                 0.8796, "3,892", "2-core x86 CPU (AMD EPYC with AVX-512 and AVX512_BF16: the recipe's precision auto "
-                 "trained in bf16), one thread (train.threads=1) beside another training run on the other core",
+                 0.8796, "3,892", _EPYC_BF16 + _BESIDE,
                  20, 7_020, overrides=" --set model.name=resnet44 --set train.epochs=20"),
     _cifar10_cpu("resnet56", "dcdfc7ee556f8c94d2e33f36b606e81ddd81148739803d4dc90a7266a373d1a5", 0.8714, 0.9944,
-                 0.8786, "5,825", "2-core x86 CPU (AMD EPYC with AVX-512 and AVX512_BF16: the recipe's precision auto "
-                 "trained in bf16), one thread (train.threads=1) beside another training run on the other core",
+                 0.8786, "5,825", _EPYC_BF16 + _BESIDE,
                  20, 7_020, overrides=" --set model.name=resnet56 --set train.epochs=20"),
 ]
 
