@@ -7,12 +7,16 @@ once), on an idle machine and beside busy processes, measured in the same run.
 Why: PyTorch's CPU kernels run on OpenMP threads that meet at a barrier after every parallel
 region. When another process holds a core, a thread that reaches the barrier first spins for its
 whole time slice waiting for one that is not running, so every operator costs a scheduler slice:
-a 2-thread training step beside two busy processes ran at 38 img/s with the default and 212 img/s
-passive, and an int8 forward took 226 ms instead of 1.6 ms (RESULTS.md, "OpenMP's wait policy").
+beside two 1-thread training runs, a 2-thread training step ran at 38 img/s with the default and
+212 img/s passive, and an int8 forward took 226 ms instead of 1.6 ms. On an idle machine, though,
+passive waiting costs ~9 % of a training step and 3.5x on batch-1 inference (RESULTS.md, "OpenMP's
+wait policy"), so the default is left alone and this measures the trade (with a short spin,
+``GOMP_SPINCOUNT=10000``, as a third row).
+
 The policy is read once, when libgomp loads (with ``import torch``), so each measurement runs in a
-fresh process with the environment set. ``--busy N`` starts N busy-looping processes (default: one
-per core) for the loaded rows. A benchmark, not a test: the figures depend on the machine and on
-what else runs on it.
+fresh process with the environment set. ``--busy N`` starts N single-threaded processes multiplying
+matrices (default: one per core) for the loaded rows. A benchmark, not a test: the figures depend on
+the machine and on what else runs on it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ import time
 # libgomp's wait before a thread sleeps: ~300,000 spins (~3 ms) by default, none when passive, ~0.1 ms
 # with GOMP_SPINCOUNT=10000 (libgomp's env.c; the spin rate depends on the CPU).
 POLICIES = {"default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "spin 10k": {"GOMP_SPINCOUNT": "10000"}}
+
+# A neighbour like another training job: one thread multiplying matrices without end.
+BUSY = "import torch; torch.set_num_threads(1); a = torch.randn(512, 512)\nwhile True: a @ a"
 
 
 def measure(int8: bool) -> dict[str, float]:
@@ -89,7 +96,7 @@ def main() -> None:
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     for load in ("idle", f"{args.busy} busy"):
         hogs = [] if load == "idle" else [
-            subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+            subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(args.busy)]
         try:
             for _ in range(args.rounds):
                 for policy in POLICIES:
