@@ -75,7 +75,9 @@ def child(policy: str, int8: bool) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(POLICIES[policy])
     cmd = [sys.executable, __file__, "--child"] + (["--int8"] if int8 else [])
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:  # say why (torchao missing for --int8, say) instead of a bare exit status
+        sys.exit(f"the {policy} measurement failed (exit status {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -121,6 +123,7 @@ def main() -> None:
             gain = value / base if m.endswith("/s") else base / value  # > 1: better than the default
             cells.append(f"{value:.1f}" if policy == "default" else f"{value:.1f} ({gain:.2f}x)")
         print(f"| {load} | {policy} | " + " | ".join(cells) + " |")
+
 
 if __name__ == "__main__":
     main()
