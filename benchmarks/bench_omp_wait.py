@@ -7,8 +7,8 @@ once), on an idle machine and beside busy processes, measured in the same run.
 Why: PyTorch's CPU kernels run on OpenMP threads that meet at a barrier after every parallel
 region. When another process holds a core, a thread that reaches the barrier first spins for its
 whole time slice waiting for one that is not running, so every operator costs a scheduler slice:
-beside two 1-thread training runs, a 2-thread training step ran at 38 img/s with the default and
-212 img/s passive, and an int8 forward took 226 ms instead of 1.6 ms. On an idle machine, though,
+beside two busy processes this benchmark measured 207.6 img/s for a 2-thread training step with the
+default and 321.6 img/s passive (RESULTS.md also gives worse, ad-hoc cases). On an idle machine, though,
 passive waiting costs ~9 % of a training step and 3.5x on batch-1 inference (RESULTS.md, "OpenMP's
 wait policy"), so the default is left alone and this measures the trade (with a short spin,
 ``GOMP_SPINCOUNT=10000``, as a third row).
