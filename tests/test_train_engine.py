@@ -203,6 +203,33 @@ def test_mixed_precision_trains_and_checkpoints_its_scaler(subset, tmp_path, pre
     assert (scaler is not None) == (precision == "fp16")
 
 
+def test_compiled_run_resumes_exactly_and_writes_plain_weights(subset, tmp_path):
+    # train.compile=true is how the resnet32/56 files were trained on the AMX machine (issue 13): the
+    # checkpoint and the final file must hold the module names without compile's `_orig_mod.`, load into
+    # an uncompiled network, and a resume (which compiles again) must end where an unbroken run ends.
+    from resnets import create_model
+
+    common = ("train.compile=true", "train.channels_last=true")
+    full = train(base(subset, tmp_path, "name=full", *common))
+
+    def stop_at_8(info):
+        if info.step == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(base(subset, tmp_path, "name=cut", *common), callbacks=[stop_at_8])
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["loader"] == {"epoch": 1, "batch": 2}
+    resumed = train(resume=tmp_path / "cut")
+    a, b = weights(full.run_dir), weights(resumed.run_dir)
+    assert not [k for k in a if "_orig_mod" in k] and a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    model = create_model("resnet20", weights=str(full.run_dir / "final.safetensors")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.isfinite(model(x)).all() and full.metrics["val_top1"] == read_metadata(
+        full.run_dir / "final.safetensors")["metrics"]["val_top1"]
+
+
 def test_precision_auto_is_resolved_once_and_saved(subset, tmp_path):
     # A resumed run must keep the arithmetic it started with, whatever machine it resumes on.
     from resnets.train.engine import resolve_precision
