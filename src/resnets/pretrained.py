@@ -61,9 +61,9 @@ RECORDS: list[WeightsRecord] = [
                  0.9016, "9,201", _XEON_AMX + _BESIDE + "; the seconds include about 1,850 s slowed or paused "
                  "(benchmarks in epoch 6, a CI rehearsal in epoch 37)", 64, 22_464,
                  overrides=" --set model.name=resnet32 --set data.cutout=16 --set train.epochs=64 --set train.compile=true"),
-    _cifar10_cpu("resnet44", "4369ebaee0410794001c1d17fa486763b653967e29f4081ed4ba44331c4995c8", 0.8728, 0.9930,
-                 0.8796, "3,892", _EPYC_BF16 + _BESIDE,
-                 20, 7_020, overrides=" --set model.name=resnet44 --set train.epochs=20"),
+    _cifar10_cpu("resnet44", "37733b1c2f7cc41b9c9cee090d408d7ec6be26e99ac726c58f750ab03e9e4c48", 0.8888, 0.9954,
+                 0.8918, "5,929", _XEON_AMX + _BESIDE, 36, 12_636,
+                 overrides=" --set model.name=resnet44 --set data.cutout=16 --set train.epochs=36 --set train.compile=true"),
     _cifar10_cpu("resnet56", "b6e99d47af3f96747f0bb77c9b2d2f62e5449f55d9bc70855b3f44dcbd1c2960", 0.8932, 0.9952,
                  0.897, "7,200", _XEON_AMX + "; one thread beside another training run to epoch 21, two threads after; "
                  "the seconds include about 1,700 s paused", 36, 12_636,
