@@ -37,8 +37,9 @@ def held_out_probabilities(weights: str, data: str, dataset) -> tuple[dict[str, 
     remap = torch.tensor([classes.index(c) for c in val.info.classes])
     probs = {"none": [], "flip": []}
     for x, _ in eval_batches(val, net.prepared(), 500, torch.device("cpu")):
-        for tta, p in probs.items():
-            p.append(tta_logits(net, x, tta if tta == "flip" else None).softmax(1))
+        plain = net(x).float()  # once: the flip TTA average reuses it
+        probs["none"].append(plain.softmax(1))
+        probs["flip"].append(tta_logits(net, x, "flip", plain=plain).softmax(1))
     shared = {"images": val.images, "labels": remap[val.labels], "classes": classes,
               "split": (recipe.get("val_size"), recipe.get("split_seed"))}
     return {tta: torch.cat(p) for tta, p in probs.items()}, shared

@@ -4,6 +4,9 @@ images, and `resnets eval` reproduces the recorded validation accuracy."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ import torch
 import resnets
 from resnets.cli import main
 from resnets.data import open_dataset, split_train_val
-from resnets.pretrained import RECORDS, sha256_of
+from resnets.pretrained import RECORDS, find, sha256_of
 from resnets.train import read_metadata
 
 
@@ -65,3 +68,18 @@ def test_eval_with_flip_tta_reproduces_the_recorded_accuracy(record, cifar_train
                  "--holdout", "--tta", "flip", "--json", "--confusion", str(tmp_path / "cm.png")])
     assert code == 0
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(record.metrics["val_top1_flip"], abs=1e-4)
+
+
+def test_ensemble_benchmark_reproduces_each_records_accuracy(cifar_train_dir):
+    """benchmarks/ensemble_holdout.py (RESULTS "An ensemble bound") scores each file alone as `resnets eval
+    --holdout` does, with and without flip TTA, and adds the averaged-softmax ensemble of the two."""
+    records = [find("resnet20", "cifar10"), find("resnet32", "cifar10")]
+    script = Path(__file__).parents[1] / "benchmarks" / "ensemble_holdout.py"
+    out = subprocess.run([sys.executable, str(script), "--data", str(cifar_train_dir), *(str(r.path) for r in records)],
+                         capture_output=True, text=True, timeout=900, check=True).stdout
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ") and "%" in line}
+    for record in records:
+        cells = rows[record.path.name].strip("| ").split(" | ")
+        assert [float(c.rstrip("%")) for c in cells[1:]] == pytest.approx(
+            [100 * record.metrics["val_top1"], 100 * record.metrics["val_top1_flip"]], abs=0.006)
+    assert f"{records[0].path.name} + {records[1].path.name}" in rows

@@ -47,10 +47,11 @@ def eval_batches(ds, prep: Preprocessing, batch_size: int, device):
 
 
 @torch.no_grad()
-def tta_logits(net: Backend, x: torch.Tensor, tta: str | None) -> torch.Tensor:
+def tta_logits(net: Backend, x: torch.Tensor, tta: str | None, plain: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of ``net`` on ``x``; with ``tta="flip"``, the log of the softmax averaged over the image
-    and its mirror (so ``.softmax(1)`` of either gives the predicted probabilities)."""
-    out = net(x).float()
+    and its mirror (so ``.softmax(1)`` of either gives the predicted probabilities). ``plain``: the
+    logits of ``net(x)`` when the caller already has them (one forward pass fewer)."""
+    out = (net(x) if plain is None else plain).float()
     if tta == "flip":  # average the softmax of the image and its mirror (the training augmentation)
         out = (out.softmax(1) + net(x.flip(3)).float().softmax(1)).div(2).log()
     return out
