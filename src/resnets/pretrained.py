@@ -68,6 +68,10 @@ RECORDS: list[WeightsRecord] = [
                  0.897, "7,200", _XEON_AMX + "; one thread beside another training run to epoch 21, two threads after; "
                  "the seconds include about 1,700 s paused", 36, 12_636,
                  overrides=" --set model.name=resnet56 --set data.cutout=16 --set train.epochs=36 --set train.compile=true"),
+    _cifar10_cpu("resnet110", "82ca176cc750008f59d05c21f8a616df10c97098cf449f9e3a0e4dc33f02d0f7", 0.8776, 0.9944,
+                 0.8894, "12,156", _XEON_AMX + _BESIDE + "; the seconds include about 1,400 s slowed or paused "
+                 "(a CI rehearsal in epoch 7, tests beside it in epoch 12)", 28, 9_828,
+                 overrides=" --set model.name=resnet110 --set data.cutout=16 --set train.epochs=28 --set train.compile=true"),
 ]
 
 
