@@ -21,10 +21,12 @@ from resnets.train import read_metadata
 @pytest.mark.parametrize("record", RECORDS, ids=lambda r: f"{r.model}-{r.tag}")
 def test_record_matches_its_file(record):
     assert record.path.is_file(), record.path
-    # The file holds the fp32 weights and buffers and nothing else (no optimizer state, no second copy):
-    # bounded by the model's own size, so resnet110 (6.7 MiB) passes and a resnet20 checkpoint does not.
+    # The file holds the weights and buffers and nothing else (no optimizer state, no second copy): bounded
+    # by the model's own fp32 size, which a checkpoint with momentum (2x) exceeds at every depth, and by the
+    # repository's 5 MB per tracked file (resnet110 is stored in fp16 to fit: 3.5 MB against 7.0 MB in fp32).
     tensors = resnets.create_model(record.model, num_classes=len(record.classes)).state_dict().values()
-    assert record.path.stat().st_size < sum(t.numel() * t.element_size() for t in tensors) + 2**16
+    size = record.path.stat().st_size
+    assert size < sum(t.numel() * t.element_size() for t in tensors) + 2**16 and size < 5_000_000, size
     assert sha256_of(record.path) == record.sha256
     meta = read_metadata(record.path)
     assert meta["model"] == record.model

@@ -119,3 +119,19 @@ def test_an_upper_case_safetensors_suffix_is_read_as_safetensors(tmp_path):
     assert torch.equal(state["w"], torch.ones(2)) and meta["model"] == "resnet20"
     assert read_metadata_only(path)["model"] == "resnet20"
     assert resolve("resnet20", "missing.SAFETENSORS") == Path("missing.SAFETENSORS")
+
+
+def test_a_half_precision_file_loads_in_the_models_dtype(tmp_path):
+    """The shipped resnet110 stores fp16 (5 MB per tracked file): loading casts each tensor to the model's
+    dtype before anything is computed from it, so an adapted first conv is the fp32 sum, not an fp16 one."""
+    from resnets.weights_io import adapt_input_conv
+
+    torch.manual_seed(0)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in resnets.create_model("resnet20").state_dict().items()}
+    path = tmp_path / "half.safetensors"
+    export_weights(path, state, {"model": "resnet20"})
+    with pytest.warns(UserWarning, match="conv1"):
+        model = resnets.create_model("resnet20", weights=str(path), in_chans=1)
+    assert all(p.dtype == torch.float32 for p in model.state_dict().values() if p.is_floating_point())
+    torch.testing.assert_close(model.conv1.weight, adapt_input_conv(state["conv1.weight"].float(), 1), rtol=0, atol=0)
+    torch.testing.assert_close(model.fc.weight, state["fc.weight"].float(), rtol=0, atol=0)

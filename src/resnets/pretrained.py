@@ -68,7 +68,9 @@ RECORDS: list[WeightsRecord] = [
                  0.897, "7,200", _XEON_AMX + "; one thread beside another training run to epoch 21, two threads after; "
                  "the seconds include about 1,700 s paused", 36, 12_636,
                  overrides=" --set model.name=resnet56 --set data.cutout=16 --set train.epochs=36 --set train.compile=true"),
-    _cifar10_cpu("resnet110", "82ca176cc750008f59d05c21f8a616df10c97098cf449f9e3a0e4dc33f02d0f7", 0.8776, 0.9944,
+    # Stored in fp16 (3.5 MB; no tracked file exceeds 5 MB): the trained fp32 weights scored 0.8776 / 0.9944 /
+    # 0.8894, the fp16 file 0.8774 / 0.9944 / 0.8894 (RESULTS, resnet110); loading casts them back to fp32.
+    _cifar10_cpu("resnet110", "727a185369dc17765b685a6db97064ca009b3af1e7577b1a72509445f3daa9d9", 0.8774, 0.9944,
                  0.8894, "12,156", _XEON_AMX + _BESIDE + "; the seconds include about 1,400 s slowed or paused "
                  "(a CI rehearsal in epoch 7, tests beside it in epoch 12)", 28, 9_828,
                  overrides=" --set model.name=resnet110 --set data.cutout=16 --set train.epochs=28 --set train.compile=true"),

@@ -422,7 +422,10 @@ def load_into(
     else that differs raises :class:`WeightsError` when ``strict`` (the default).
     """
     target = model.state_dict()
-    state = dict(state)
+    # A file may store its floats at lower precision than the model holds them (the shipped resnet110
+    # is fp16 so that no tracked file exceeds 5 MB): cast first, so adapt_input_conv works in the model's dtype.
+    state = {k: v.to(target[k].dtype) if k in target and v.is_floating_point() and target[k].is_floating_point()
+             else v for k, v in state.items()}
     report = LoadReport()
     conv_key = f"{first_conv}.weight"
     if conv_key in state and conv_key in target and state[conv_key].shape[1] != target[conv_key].shape[1]:
