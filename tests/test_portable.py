@@ -55,6 +55,13 @@ def test_no_tracked_file_holds_a_machine_path():
     assert not found, f"machine-specific paths: {found}"
 
 
+def test_no_tracked_file_exceeds_5_mb():
+    # The repository's rule: a clone and a wheel stay small; shipped weights fit it (resnet110 as fp16).
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    sizes = {name: (REPO / name).stat().st_size for name in files.decode().split("\0") if name and (REPO / name).is_file()}
+    assert sizes and not {n: s for n, s in sizes.items() if s > 5_000_000}
+
+
 @pytest.mark.parametrize("record", RECORDS, ids=lambda r: r.model)
 def test_shipped_weights_describe_their_data(record):
     with safe_open(str(record.path), "pt") as handle:
