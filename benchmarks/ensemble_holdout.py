@@ -7,7 +7,9 @@ An ensemble of networks trained apart is a cheap estimate of what more capacity,
 those networks, or a longer search could still buy on these images: if averaging several resnet20s
 stays below a goal, a single resnet20 reaching it would have to beat the ensemble. Every file must
 hold out the same split (its recipe's ``data.val_size`` and ``data.split_seed``); the held-out images
-are those ``resnets eval --holdout`` uses, with each file's own preprocessing.
+are those ``resnets eval --holdout`` uses, with each file's own preprocessing. The last column scores the
+mirrored images alone: a network trained with random flips should score them as it scores the originals,
+and where it does not, flip TTA (their average) gains little.
 """
 
 from __future__ import annotations
@@ -70,13 +72,17 @@ def main() -> None:
     def top1(p: torch.Tensor) -> float:
         return float((p.argmax(1) == labels).float().mean())
 
+    names = {w: Path(w).name for w in args.weights}
+    if len(set(names.values())) < len(names):  # runs' final.safetensors: name them by their run directory
+        names = {w: f"{Path(w).parent.name}/{Path(w).name}" for w in args.weights}
     print(f"{len(labels)} held-out images of {args.data}")
-    print("| networks | top-1 | with flip TTA |\n|---|---:|---:|")
+    print("| networks | top-1 | with flip TTA | mirrored images alone |\n|---|---:|---:|---:|")
     for r in range(1, len(args.weights) + 1):
         for group in itertools.combinations(args.weights, r):
-            names = " + ".join(Path(w).name for w in group)
-            row = [top1(sum(probs[w][tta] for w in group)) for tta in ("none", "flip")]
-            print(f"| {names} | {row[0]:.2%} | {row[1]:.2%} |")
+            row = " + ".join(names[w] for w in group)
+            plain, flip = (sum(probs[w][tta] for w in group) for tta in ("none", "flip"))
+            # flip TTA's probabilities are the mean of the image's and the mirror's: the mirror's are 2 * flip - plain.
+            print(f"| {row} | {top1(plain):.2%} | {top1(flip):.2%} | {top1(2 * flip - plain):.2%} |")
 
 
 if __name__ == "__main__":
