@@ -7,9 +7,9 @@ An ensemble of networks trained apart is a cheap estimate of what more capacity,
 those networks, or a longer search could still buy on these images: if averaging several resnet20s
 stays below a goal, a single resnet20 reaching it would have to beat the ensemble. Every file must
 hold out the same split (its recipe's ``data.val_size`` and ``data.split_seed``); the held-out images
-are those ``resnets eval --holdout`` uses, with each file's own preprocessing. The last column scores the
-mirrored images alone: a network trained with random flips should score them as it scores the originals,
-and where it does not, flip TTA (their average) gains little.
+are those ``resnets eval --holdout`` uses, with each file's own preprocessing. The last two columns score the
+mirrored images alone and count how often their answer is the original's: a network trained with random flips
+should score them as it scores the originals, and where it does not, flip TTA (their average) gains little.
 """
 
 from __future__ import annotations
@@ -76,13 +76,15 @@ def main() -> None:
     if len(set(names.values())) < len(names):  # runs' final.safetensors: name them by their run directory
         names = {w: f"{Path(w).parent.name}/{Path(w).name}" for w in args.weights}
     print(f"{len(labels)} held-out images of {args.data}")
-    print("| networks | top-1 | with flip TTA | mirrored images alone |\n|---|---:|---:|---:|")
+    print("| networks | top-1 | with flip TTA | mirrored images alone | same answer |\n|---|---:|---:|---:|---:|")
     for r in range(1, len(args.weights) + 1):
         for group in itertools.combinations(args.weights, r):
             row = " + ".join(names[w] for w in group)
             plain, flip = (sum(probs[w][tta] for w in group) for tta in ("none", "flip"))
             # flip TTA's probabilities are the mean of the image's and the mirror's: the mirror's are 2 * flip - plain.
-            print(f"| {row} | {top1(plain):.2%} | {top1(flip):.2%} | {top1(2 * flip - plain):.2%} |")
+            mirror = 2 * flip - plain
+            same = float((mirror.argmax(1) == plain.argmax(1)).float().mean())
+            print(f"| {row} | {top1(plain):.2%} | {top1(flip):.2%} | {top1(mirror):.2%} | {same:.2%} |")
 
 
 if __name__ == "__main__":

@@ -35,12 +35,15 @@ def test_the_pattern_finds_paths_and_spares_the_rest():
     assert not machine_paths("~/.cache/resnets/data; the user's home")
 
 
-def test_no_tracked_file_holds_a_machine_path():
+def tracked_files() -> dict[str, Path]:
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    return {name: REPO / name for name in files.decode().split("\0") if name and (REPO / name).is_file()}
+
+
+def test_no_tracked_file_holds_a_machine_path():
     found = {}
-    for name in files.decode().split("\0"):
-        path = REPO / name
-        if not name or not path.is_file() or name == "tests/test_portable.py":  # this file names them on purpose
+    for name, path in tracked_files().items():
+        if name == "tests/test_portable.py":  # this file names them on purpose
             continue
         data = path.read_bytes()
         if name.endswith(".safetensors"):
@@ -57,8 +60,7 @@ def test_no_tracked_file_holds_a_machine_path():
 
 def test_no_tracked_file_exceeds_5_mb():
     # The repository's rule: a clone and a wheel stay small; shipped weights fit it (resnet110 as fp16).
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    sizes = {name: (REPO / name).stat().st_size for name in files.decode().split("\0") if name and (REPO / name).is_file()}
+    sizes = {name: path.stat().st_size for name, path in tracked_files().items()}
     assert sizes and not {n: s for n, s in sizes.items() if s > 5_000_000}
 
 
