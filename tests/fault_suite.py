@@ -328,6 +328,57 @@ def empty_class_folder(tmp: Path) -> None:
                "data.allow_empty_classes=true")
 
 
+@probe("bad-input")
+def decompression_bomb_in_a_folder(tmp: Path) -> None:
+    """A PNG whose header declares 20000 x 20000 pixels among real images: eval skips it, naming it,
+    and scores the rest (Pillow's DecompressionBombError escaped the size survey as a traceback)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    data = sample_folder(tmp / "data", 4)
+    bomb = data / "cat" / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # the CLI's bad-file report is a warning on stderr
+        warnings.simplefilter("always")
+        expect(*cli("eval", "--weights", SHIPPED, "--data", data), 0, "on 40 images")
+    said = [str(w.message) for w in caught]
+    assert any(f"skipping {bomb}: image too large" in m for m in said), said
+
+
+@probe("bad-input")
+def numeric_options_out_of_range(tmp: Path) -> None:
+    """Each was passed on: a batch size of 0 raised range()'s ValueError and -1 scored "on 0 images"
+    with exit 0; --topk -1 a RuntimeError; --timeout nan started a server answering every request
+    504; --class 10 of a 10-class model an IndexError. Now exit 2 naming the option, nothing written."""
+    data = sample_folder(tmp / "data", 2)
+    image = next((data / "cat").iterdir())
+    w = ["--weights", SHIPPED]
+    cases = [
+        (["eval", *w, "--data", data, "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+        (["eval", *w, "--data", data, "--batch-size", "-1"], "argument --batch-size: must be at least 1, got -1"),
+        (["eval", *w, "--data", data, "--holdout", "--val-size", "0"], "argument --val-size: must be at least 1"),
+        (["predict", *w, image, "--topk", "-1"], "argument --topk: must be at least 1, got -1"),
+        (["features", *w, data, "--out", tmp / "f.npy", "--batch-size", "0"], "argument --batch-size"),
+        (["explain", *w, image, "--out", tmp / "cam", "--batch-size", "0"], "argument --batch-size"),
+        (["explain", *w, image, "--out", tmp / "cam", "--class", "10"],
+         "class 10 (--class) is not one of the model's 10 classes, 0 to 9"),
+        (["serve", *w, "--timeout", "nan"], "argument --timeout: must be a finite number, got nan"),
+        (["serve", *w, "--max-wait-ms", "nan"], "argument --max-wait-ms: must be a finite number"),
+        (["serve", *w, "--threads", "-1"], "argument --threads: must be at least 1, got -1"),
+        (["export", *w, "--out", tmp / "m.onnx", "--tolerance", "nan"], "argument --tolerance: must be a finite"),
+        (["export", *w, "--out", tmp / "m.onnx", "--std", "0.2", "0", "0.2"], "argument --std: must be above 0"),
+    ]
+    with writes_nothing(tmp):
+        for argv, message in cases:
+            expect(*cli(*argv), 2, message)
+
+
 def _plain_state_dict(tmp: Path, num_classes: int) -> Path:
     import torch
 
@@ -490,6 +541,37 @@ def diverging_run_stops_and_writes_no_weights(tmp: Path) -> None:
 
         state = torch.load(last, weights_only=True)["model"]
         assert all(bool(v.isfinite().all()) for v in state.values() if v.is_floating_point()), "last.pt is not finite"
+
+
+def _export_under_limit(tmp: Path, fmt: str, suffix: str) -> None:
+    """``resnets export`` of the shipped ResNet-20 (1.1-1.3 MB in every format) in a child process
+    whose RLIMIT_FSIZE is 100 kB, over an existing export: exit 1 with the message, the old file(s)
+    byte for byte, no temporary file. The exporters' own writers once left a truncated file and
+    aborted the process from C++ (terminate called after throwing c10::Error)."""
+    out = tmp / "out" / f"m{suffix}"
+    out.parent.mkdir()
+    olds = {out: b"the previous export"}
+    if fmt == "openvino":
+        olds[out.with_suffix(".bin")] = b"the previous weights"
+    for path, data in olds.items():
+        path.write_bytes(data)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    argv = [sys.executable, "-m", "resnets", "export", "--weights", SHIPPED, "--format", fmt, "--out", out]
+    run = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=900, preexec_fn=limit,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")})
+    needle = (f"could not write the OpenVINO IR for {out}" if fmt == "openvino"
+              else f"file-size limit reached while writing {out}")
+    expect(run.returncode, run.stderr, 1, f"resnets export: error: {needle}", "the previous file is intact")
+    assert {p: p.read_bytes() for p in olds} == olds, "the previous export changed"
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(p.name for p in olds), "a temporary file was left"
+
+
+for _fmt, _suffix in [("onnx", ".onnx"), ("openvino", ".xml"), ("torchscript", ".pt"), ("pt2", ".pt2")]:
+    probe("disk-full", name=f"export_{_fmt}_under_a_file_size_limit")(
+        lambda tmp, fmt=_fmt, suffix=_suffix: _export_under_limit(tmp, fmt, suffix))
 
 
 # ---- 4. the server does bounded work -------------------------------------------------------------

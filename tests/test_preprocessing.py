@@ -73,6 +73,27 @@ def test_missing_preprocessing_is_an_error_naming_the_key(tmp_path):
         resnets.transforms_for(resnets.create_model("resnet20"))
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("input_size", "32", "input_size must be a list of whole numbers"),  # was (3, 2): every answer wrong
+    ("input_size", [32.9, 32], "input_size must be a list of whole numbers"),  # was 32, silently
+    ("input_size", [True, True], "input_size must be a list of whole numbers"),  # was 1x1, then an assert in torch
+    ("resize_size", [None], "resize_size must be a list of whole numbers"),
+    ("std", [float("inf"), 1.0, 0.26], "mean/std must be three finite values"),  # was accepted: all-zero inputs
+    ("mean", [float("nan"), 0.5, 0.5], "mean/std must be three finite values"),
+    ("mean", "0.5", "mean/std must be a list of numbers"),
+])
+def test_a_malformed_preprocessing_record_is_refused_naming_the_key(key, value, message):
+    record = {**Preprocessing.whole_image((32, 32), [0.5] * 3, [0.25] * 3).to_metadata(), key: value}
+    with pytest.raises(PreprocessingError, match=f"w.safetensors: .*{message}"):
+        Preprocessing.from_metadata({"preprocessing": record}, source="w.safetensors")
+    if key in ("mean", "std"):  # files older than the record: top-level image_size, mean, std
+        with pytest.raises(PreprocessingError, match=f"old.safetensors: .*{message}"):
+            Preprocessing.from_metadata({"image_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.25] * 3, key: value},
+                                        source="old.safetensors")
+    with pytest.raises(PreprocessingError, match="image_size must be a list of whole numbers"):
+        Preprocessing.from_metadata({"image_size": "3,32,32", "mean": [0.5] * 3, "std": [0.25] * 3})
+
+
 def test_holdout_refuses_weights_trained_on_all_the_data(tmp_path):
     with pytest.raises(NoHeldOutImages, match=r"the recipe's data.val_size is 0"):
         holdout_split(tmp_path, {"recipe": {"data": {"val_size": 0, "split_seed": 0}}})

@@ -135,3 +135,66 @@ def test_a_half_precision_file_loads_in_the_models_dtype(tmp_path):
     assert all(p.dtype == torch.float32 for p in model.state_dict().values() if p.is_floating_point())
     torch.testing.assert_close(model.conv1.weight, adapt_input_conv(state["conv1.weight"].float(), 1), rtol=0, atol=0)
     torch.testing.assert_close(model.fc.weight, state["fc.weight"].float(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.complex64])
+def test_weights_that_are_not_floating_point_numbers_are_refused_naming_the_file_and_key(tmp_path, dtype):
+    """An integer or complex tensor where the model has floats was cast silently: logits off by
+    1,573 and "truck 1.000" from an int64 file (int8: the same)."""
+    from resnets.weights_io import WeightsError
+
+    state = resnets.create_model("resnet20").state_dict()
+    state["fc.weight"] = (state["fc.weight"] * 100).to(dtype)
+    path = tmp_path / "w.safetensors"
+    export_weights(path, state, {"model": "resnet20"})
+    with pytest.raises(WeightsError, match=f"(?s){path}: .*not floating-point .*fc.weight.*{str(dtype)[6:]}"):
+        resnets.create_model("resnet20", weights=str(path))
+
+
+def test_float8_and_float64_files_are_checked_as_the_model_will_hold_them(tmp_path):
+    """float8 has no norm kernel (the finite check raised NotImplementedError); a float64 1e300 is
+    finite there but inf in the float32 model, and was refused as holding "0 NaN/inf value(s)"."""
+    from resnets.weights_io import WeightsError
+
+    state = resnets.create_model("resnet20").state_dict()
+    small = {**state, "fc.weight": state["fc.weight"].to(torch.float8_e4m3fn)}
+    export_weights(tmp_path / "f8.safetensors", small, {"model": "resnet20"})
+    model = resnets.create_model("resnet20", weights=str(tmp_path / "f8.safetensors"))
+    assert torch.equal(model.fc.weight, small["fc.weight"].float())
+    huge = {**state, "fc.weight": state["fc.weight"].double()}
+    huge["fc.weight"][0, 0] = 1e300
+    export_weights(tmp_path / "f64.safetensors", huge, {"model": "resnet20"})
+    with pytest.raises(WeightsError, match="fc.weight has 1 NaN/inf value"):
+        resnets.create_model("resnet20", weights=str(tmp_path / "f64.safetensors"))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_a_written_file_gets_the_permissions_open_would_give_it(tmp_path):
+    """mkstemp's temporary files are 0600, and every weights file, export and checkpoint kept that
+    mode after the rename: unreadable by a server running under another account. Under umask 022
+    (a child process, so the test does not depend on this shell's umask) a file is 0644."""
+    code = "import sys; from resnets.weights_io import atomic_write; atomic_write(sys.argv[1], b'x')"
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.bin")], check=True, timeout=300,
+                   env={**os.environ, "PYTHONPATH": SRC}, preexec_fn=lambda: os.umask(0o022))
+    assert (tmp_path / "w.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_safetensors_file_under_another_name_is_read_as_safetensors(tmp_path):
+    """Renamed w.pth (or given no suffix), it went to torch.load and was refused as "not a PyTorch file"."""
+    from resnets.weights_io import read_weights
+
+    for name in ("w.pth", "w"):
+        export_weights(tmp_path / name, {"w": torch.ones(2)}, {"model": "resnet20"})
+        state, meta = read_weights(tmp_path / name)
+        assert torch.equal(state["w"], torch.ones(2)) and meta["model"] == "resnet20"
+
+
+@pytest.mark.parametrize("classes", [["cat"] * 10, ["cat", ""] + [f"c{i}" for i in range(8)]])
+def test_repeated_or_empty_class_names_are_refused_naming_the_file(tmp_path, classes):
+    """Ten classes all named "cat" loaded, and every prediction was "cat"."""
+    from resnets.weights_io import WeightsError, read_weights
+
+    path = tmp_path / "w.safetensors"
+    export_weights(path, resnets.create_model("resnet20").state_dict(), {"model": "resnet20", "classes": classes})
+    with pytest.raises(WeightsError, match=f"{path}: metadata 'classes' must be .*distinct, non-empty"):
+        read_weights(path)

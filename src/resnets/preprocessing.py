@@ -19,6 +19,7 @@ missing key and how to supply it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,8 +78,9 @@ class Preprocessing:
         if self.interpolation not in INTERPOLATIONS:
             raise PreprocessingError(f"preprocessing interpolation must be one of {', '.join(INTERPOLATIONS)}; "
                                      f"got {self.interpolation!r}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise PreprocessingError(f"preprocessing mean/std must be three values each, std > 0; got "
+        if (len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in self.mean + self.std)
+                or min(self.std) <= 0):
+            raise PreprocessingError(f"preprocessing mean/std must be three finite values each, std > 0; got "
                                      f"{list(self.mean)}, {list(self.std)}")
 
     # ---- construction -------------------------------------------------------------------------
@@ -86,7 +88,7 @@ class Preprocessing:
     @classmethod
     def whole_image(cls, size: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> Preprocessing:
         """The whole frame resized to ``size`` (H, W): what small-image (CIFAR) training sees."""
-        h, w = int(size[-2]), int(size[-1])
+        h, w = _sizes(size, "image_size")[-2:]
         return cls((h, w), (h, w), "none", "bilinear", _floats(mean), _floats(std))
 
     @classmethod
@@ -110,7 +112,10 @@ class Preprocessing:
             if missing:
                 raise PreprocessingError(f"{source} carry no {KEY!r} record (nor the older {', '.join(missing)}); "
                                          f"{HOW_TO_SUPPLY}")
-            return cls.whole_image(meta["image_size"], meta["mean"], meta["std"])
+            try:
+                return cls.whole_image(meta["image_size"], meta["mean"], meta["std"])
+            except PreprocessingError as exc:
+                raise PreprocessingError(f"{source}: {exc}") from None
         if not isinstance(record, Mapping):
             raise PreprocessingError(f"{source}: metadata {KEY!r} must be a mapping of {', '.join(FIELDS)}")
         missing = [k for k in FIELDS if k not in record]
@@ -118,7 +123,7 @@ class Preprocessing:
             raise PreprocessingError(f"{source}: metadata {KEY!r} lacks {', '.join(repr(k) for k in missing)}; "
                                      f"{HOW_TO_SUPPLY}")
         try:
-            return cls(tuple(int(v) for v in record["input_size"]), tuple(int(v) for v in record["resize_size"]),
+            return cls(_sizes(record["input_size"], "input_size"), _sizes(record["resize_size"], "resize_size"),
                        str(record["crop"]), str(record["interpolation"]), _floats(record["mean"]),
                        _floats(record["std"]))
         except (TypeError, ValueError) as exc:
@@ -171,8 +176,26 @@ class Preprocessing:
         return f"{how} ({self.interpolation}), mean {list(self.mean)}, std {list(self.std)}"
 
 
-def _floats(values: Sequence[float]) -> tuple[float, ...]:
-    return tuple(float(v) for v in values)
+def _sizes(values: Sequence[int], key: str) -> tuple[int, ...]:
+    """Whole numbers, as written: int(v) of each character of the string "32" gave (3, 2), and 32.9
+    became 32 (both silently: every image then went in at the wrong size)."""
+    try:
+        if isinstance(values, str | bytes | Mapping) or any(isinstance(v, str | bytes | bool) for v in values):
+            raise TypeError
+        if all(float(v).is_integer() for v in values):
+            return tuple(int(v) for v in values)
+    except (TypeError, ValueError):
+        pass
+    raise PreprocessingError(f"preprocessing {key} must be a list of whole numbers; got {values!r}")
+
+
+def _floats(values: Sequence[float], key: str = "mean/std") -> tuple[float, ...]:
+    try:
+        if isinstance(values, str | bytes | Mapping) or any(isinstance(v, str | bytes | bool) for v in values):
+            raise TypeError
+        return tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise PreprocessingError(f"preprocessing {key} must be a list of numbers; got {values!r}") from None
 
 
 def _as_uint8_tensor(image) -> Tensor:

@@ -53,6 +53,11 @@ class WriteError(CheckpointError):
 # ---- the one atomic write --------------------------------------------------------------------
 
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+# mkstemp creates 0600 files; a written file gets what open() would give it (0666 less the umask), so an
+# export or weights file can be read by the server's account. Read once, at import: os.umask can only
+# be read by setting it, which is not safe while other threads create files.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 # .NAME.PID-HOST-RANDOM.tmp: who wrote it, so a later write can tell a dead writer's file from a live one's.
 _TEMP = re.compile(r"^\..+\.(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[^.]+\.tmp$")
 
@@ -126,6 +131,8 @@ def atomic_write(path: str | Path, data: bytes | bytearray | memoryview) -> Path
         raise _write_error(path, exc, len(view)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):  # POSIX
+                os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             f.write(view)
             f.flush()
             os.fsync(f.fileno())
@@ -256,8 +263,9 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     metadata: dict[str, Any] = {}
     with open(path, "rb") as f:
         head = f.read(16)
-    # Lower-cased: torch.load would refuse w.SAFETENSORS as "not a PyTorch file".
-    if path.suffix.lower() == ".safetensors":
+    # Lower-cased: torch.load would refuse w.SAFETENSORS as "not a PyTorch file". A safetensors file
+    # under another name (w.pth, w.bin) is known by its header: 8 bytes of JSON length, then '{'.
+    if path.suffix.lower() == ".safetensors" or (head[8:10] == b'{"' and head[:2] not in (b"PK", b"\x80\x02")):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -277,6 +285,9 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
                 f"refused to load {path} ({kind}): it is not a plain state_dict of tensors ({exc})"
             ) from exc
         if isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # a resnets training checkpoint
+            if not isinstance(obj.get("meta") or {}, dict):
+                raise WeightsError(f"{path}: a checkpoint's 'meta' must be a mapping (model, classes, "
+                                   f"preprocessing, ...); got {type(obj['meta']).__name__}")
             metadata = canonical_metadata(dict(obj.get("meta") or {}))
             ema = obj.get("ema")
             obj = ema["state"] if isinstance(ema, dict) and ema.get("state") else obj["model"]
@@ -311,8 +322,9 @@ def check_metadata(meta: dict[str, Any], path: str | Path) -> None:
             if not isinstance(v, str | int | float | bool | list | type(None)):
                 raise WeightsError(f"{path}: metadata model_kwargs.{k} must be a plain value; got {str(v)[:100]!r}")
     classes = meta.get("classes")
-    if classes is not None and not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
-        raise bad("classes", "a non-empty list of class names")
+    if classes is not None and not (isinstance(classes, list) and classes and all(isinstance(c, str) and c for c in classes)
+                                    and len(set(classes)) == len(classes)):  # ["cat"] * 10: every answer "cat"
+        raise bad("classes", "a non-empty list of distinct, non-empty class names")
     for key in ("mean", "std"):
         if meta.get(key) is not None and not _numbers(meta[key], 3):
             raise bad(key, "three numbers (R, G, B)")
@@ -323,13 +335,19 @@ def check_metadata(meta: dict[str, Any], path: str | Path) -> None:
         raise bad("image_size", "[channels, height, width] of positive integers")
 
 
+_NORM_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def first_nonfinite(state: dict[str, Tensor]) -> tuple[str, int] | None:
     """``(name, count)`` of the first floating-point tensor holding NaN or inf, else ``None``.
 
     One fused max-|x| over all tensors and a single host sync when everything is finite: cheap
     enough for the training loop's check after every step (~1 ms for ResNet-50's 320 tensors on a
     CPU); only a bad state pays for finding which tensor and how many values."""
-    named = [(name, value.detach()) for name, value in state.items() if value.is_floating_point() and value.numel()]
+    # float8 has no norm kernel: widened first. Counted as float32 holds them, since that is how they are
+    # used: a float64 1e300 is inf there (it was refused as holding "0 NaN/inf values").
+    named = [(name, value.detach() if value.dtype in _NORM_DTYPES else value.detach().float())
+             for name, value in state.items() if value.is_floating_point() and value.numel()]
     if not named:
         return None
     amax = torch.stack([m.float() for m in torch._foreach_norm([v for _, v in named], float("inf"))])
@@ -337,7 +355,7 @@ def first_nonfinite(state: dict[str, Tensor]) -> tuple[str, int] | None:
         return None
     for (name, value), ok in zip(named, amax.isfinite().tolist()):
         if not ok:
-            return name, int((~torch.isfinite(value)).sum())
+            return name, int((~torch.isfinite(value.float())).sum())
     return None
 
 
@@ -346,7 +364,7 @@ def check_finite(state: dict[str, Tensor], path: str | Path) -> None:
     and gave NaN everywhere, or "100 % agreement" in export's parity check)."""
     bad = first_nonfinite(state)
     if bad is not None:
-        others = sum(1 for v in state.values() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+        others = sum(1 for v in state.values() if v.is_floating_point() and not bool(torch.isfinite(v.float()).all()))
         raise WeightsError(f"{path} holds non-finite weights: {bad[0]} has {bad[1]} NaN/inf value(s)"
                            f"{f' ({others} tensors in all)' if others > 1 else ''}; the run that wrote it "
                            "diverged. Use an earlier checkpoint or retrain with a lower learning rate")
@@ -373,10 +391,13 @@ class LoadReport:
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     reinitialized: list[str] = field(default_factory=list)  # asked for: a new head
     adapted: list[str] = field(default_factory=list)  # asked for: first conv to another in_chans
+    # Integer or complex values where the model has floats: cast silently, int8 or int64 weights gave
+    # logits off by 1,573 and "truck 1.000".
+    wrong_kind: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
+        return not (self.missing or self.unexpected or self.mismatched or self.wrong_kind)
 
     def __str__(self) -> str:
         lines = []
@@ -389,6 +410,7 @@ class LoadReport:
         block("missing keys (in the model, not in the file)", self.missing)
         block("unexpected keys (in the file, not in the model)", self.unexpected)
         block("shape mismatches (key, file, model)", self.mismatched)
+        block("not floating-point numbers where the model has them (key, file, model)", self.wrong_kind)
         block("re-initialised", self.reinitialized)
         block("adapted to the input channels", self.adapted)
         return "\n".join(lines) or "all keys matched"
@@ -441,9 +463,12 @@ def load_into(
             report.unexpected.append(key)
         elif target[key].shape != value.shape:
             report.mismatched.append((key, tuple(value.shape), tuple(target[key].shape)))
+        elif target[key].is_floating_point() and not value.is_floating_point():
+            report.wrong_kind.append((key, str(value.dtype).removeprefix("torch."), str(target[key].dtype).removeprefix("torch.")))
     report.missing = [k for k in target if k not in state and k not in report.reinitialized]
     if strict and not report.ok:
         raise WeightsError(f"weights do not fit {type(model).__name__}:\n{report}")
-    loadable = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
+    wrong = {k for k, _, _ in report.wrong_kind}
+    loadable = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape and k not in wrong}
     model.load_state_dict(loadable, strict=False)
     return report

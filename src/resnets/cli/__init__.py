@@ -5,7 +5,8 @@ and sets ``func`` to a function taking the parsed arguments and returning an exi
 
 Exit codes: 0 success; 2 a usage error (a bad option or value, a file the user named that is not
 there), printed as one line; 1 anything else, with its traceback, since it is a bug or a failure of
-the machine rather than something the user can fix by retyping (issue 14, item 5); 130 Ctrl-C.
+the machine rather than something the user can fix by retyping (issue 14, item 5), except a failed write
+(a full disk, a file-size limit), which is said in one line with exit 1; 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import importlib
 import sys
 
 from ..errors import InputError
+from ..weights_io import WriteError
 
 # Subcommand modules, in the order `resnets --help` lists them.
 COMMAND_MODULES = ["models", "data", "train", "transfer", "deploy", "study", "serve"]
@@ -51,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     except USAGE_ERRORS as exc:
         print(f"resnets {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except WriteError as exc:  # a full disk or a file-size limit: the machine's, but said in words, and the
+        # previous file is intact (weights_io.atomic_write); exit 1, as `resnets train` does for its checkpoints
+        print(f"resnets {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"resnets {args.command}: interrupted", file=sys.stderr)
         return 130

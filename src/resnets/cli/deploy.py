@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from .options import integer, number
+
 
 def _say(args, message: str) -> None:
     # With --json, stdout carries only the JSON document; progress goes to stderr.
@@ -115,16 +117,16 @@ def _common(parser, data: bool = True) -> None:
 
     parser.add_argument("--model", help="zoo name (optional when the weights' metadata names it)")
     parser.add_argument("--weights", help=".safetensors (with metadata) or .pt/.pth state dict")
-    parser.add_argument("--num-classes", type=int, help="classifier size when the weights do not say")
-    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+    parser.add_argument("--num-classes", type=integer(1), help="classifier size when the weights do not say")
+    parser.add_argument("--mean", type=number(), nargs=3, metavar=("R", "G", "B"),
                         help="normalisation mean (default: the weights' preprocessing)")
-    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+    parser.add_argument("--std", type=number(0, above=True), nargs=3, metavar=("R", "G", "B"),
                         help="normalisation std (default: the weights' preprocessing)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     if data:
         parser.add_argument("--data", help="image folder <DIR>/<class>/<image> or CIFAR archive folder (default: "
                                            "$RESNETS_DATA, else the data the weights' recipe trained on)")
-        parser.add_argument("--val-size", type=int,
+        parser.add_argument("--val-size", type=integer(1),
                             help="images the train/validation split holds out, as in training (default: the weights' "
                                  f"recipe's data.val_size, else {DataConfig.val_size})")
         parser.add_argument("--split-seed", type=int,
@@ -139,12 +141,12 @@ def register(subparsers) -> None:
     p.add_argument("--format", choices=["onnx", "openvino", "torchscript", "pt2"],
                    help="default: from --out's suffix (.onnx, .xml, .pt, .pt2)")
     p.add_argument("--out", required=True, help="output file (OpenVINO: the .xml; its .bin is written beside it)")
-    p.add_argument("--size", type=int, help="input side (default: the model's)")
+    p.add_argument("--size", type=integer(1), help="input side (default: the model's)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch dimension")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the check of an ONNX (onnxruntime) or OpenVINO file against PyTorch")
-    p.add_argument("--check-images", type=int, default=256, help="validation images for the check")
-    p.add_argument("--tolerance", type=float, default=1e-3, help="largest acceptable |logit difference|")
+    p.add_argument("--check-images", type=integer(1), default=256, help="validation images for the check")
+    p.add_argument("--tolerance", type=number(0), default=1e-3, help="largest acceptable |logit difference|")
     p.set_defaults(func=run_export)
 
     p = subparsers.add_parser("quantize", help="int8 static quantization (PT2E; or QAT), accuracy before/after")
@@ -152,14 +154,14 @@ def register(subparsers) -> None:
     p.add_argument("--method", choices=["pt2e", "fx"], default="pt2e",
                    help="pt2e: torch.export + torchao's X86InductorQuantizer, lowered by inductor (the default; "
                         "torchao is in the deploy extra); fx: FX graph mode, torch's deprecated path, the fallback")
-    p.add_argument("--calibration", type=int, default=512, help="training images for calibration")
-    p.add_argument("--val", type=int, default=2000,
+    p.add_argument("--calibration", type=integer(1), default=512, help="training images for calibration")
+    p.add_argument("--val", type=integer(1), default=2000,
                    help="validation images for the accuracy check, drawn from the split's held-out part")
-    p.add_argument("--max-drop", type=float, default=0.5, help="warn when top-1 drops more (points)")
+    p.add_argument("--max-drop", type=number(), default=0.5, help="warn when top-1 drops more (points)")
     p.add_argument("--strict", action="store_true", help="exit 3 when the drop exceeds --max-drop")
-    p.add_argument("--qat-epochs", type=int, default=0, help="quantization-aware training epochs (0: PTQ)")
-    p.add_argument("--qat-images", type=int, default=0, help="training images for QAT")
-    p.add_argument("--lr", type=float, default=1e-3, help="QAT learning rate")
+    p.add_argument("--qat-epochs", type=integer(0), default=0, help="quantization-aware training epochs (0: PTQ)")
+    p.add_argument("--qat-images", type=integer(0), default=0, help="training images for QAT")
+    p.add_argument("--lr", type=number(0, above=True), default=1e-3, help="QAT learning rate")
     p.add_argument("--out", help="save the int8 model: .pt2 (pt2e: a torch.export archive with the weights' "
                                  "metadata) or .pt (fx, QAT: TorchScript)")
     p.set_defaults(func=run_quantize)
@@ -167,11 +169,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("prune", help="structured or unstructured pruning with a short fine-tune")
     _common(p)
     p.add_argument("--method", choices=["structured", "unstructured"], default="structured")
-    p.add_argument("--ratio", type=float, default=0.3, help="fraction of channels / weights removed")
-    p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs over --train-images")
-    p.add_argument("--train-images", type=int, default=5000, help="training images for fine-tuning")
-    p.add_argument("--val", type=int, default=2000, help="validation images, drawn from the split's held-out part")
-    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak learning rate")
+    p.add_argument("--ratio", type=number(0, above=True), default=0.3, help="fraction of channels / weights removed")
+    p.add_argument("--epochs", type=integer(0), default=1, help="fine-tuning epochs over --train-images")
+    p.add_argument("--train-images", type=integer(0), default=5000, help="training images for fine-tuning")
+    p.add_argument("--val", type=integer(1), default=2000, help="validation images, drawn from the split's held-out part")
+    p.add_argument("--lr", type=number(0, above=True), default=0.01, help="fine-tuning peak learning rate")
     p.add_argument("--out", help=".safetensors (unstructured), .pt2, .onnx or .pt")
     p.set_defaults(func=run_prune)
 
@@ -180,9 +182,9 @@ def register(subparsers) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", required=True, help="folder for the PNG overlays")
     p.add_argument("--layer", help="module to explain (default: the last stage)")
-    p.add_argument("--class", dest="target_class", type=int, help="explain this class (default: the prediction)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--scale", type=int, default=4, help="enlarge overlays by this factor (32x32 is tiny)")
+    p.add_argument("--class", dest="target_class", type=integer(0), help="explain this class (default: the prediction)")
+    p.add_argument("--batch-size", type=integer(1), default=64)
+    p.add_argument("--scale", type=integer(1), default=4, help="enlarge overlays by this factor (32x32 is tiny)")
     p.set_defaults(func=run_explain)
 
     from ..deploy.bench import DEFAULT_VARIANTS, VARIANTS  # the names only: torch is imported already
@@ -192,15 +194,15 @@ def register(subparsers) -> None:
     p = sub.add_parser("infer", help="inference: torchvision eager vs ours eager/channels-last/compiled/int8, "
                                      "onnxruntime and OpenVINO fp32/int8 (CPU), or compiled/bf16 (GPU)")
     p.add_argument("--model", default="resnet50")
-    p.add_argument("--size", type=int, help="input side (default: the model's, 224 for resnet50)")
-    p.add_argument("--batch", type=int, default=32, help="batch size for throughput")
-    p.add_argument("--iters", type=int, default=10, help="timed calls per measurement (median)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls first (compilation happens here)")
+    p.add_argument("--size", type=integer(1), help="input side (default: the model's, 224 for resnet50)")
+    p.add_argument("--batch", type=integer(1), default=32, help="batch size for throughput")
+    p.add_argument("--iters", type=integer(1), default=10, help="timed calls per measurement (median)")
+    p.add_argument("--warmup", type=integer(0), default=2, help="untimed calls first (compilation happens here)")
     p.add_argument("--variants", help="comma-separated subset of: " + ",".join(VARIANTS) + " (default: "
                    + ",".join(DEFAULT_VARIANTS["cpu"]) + ", less the runtimes not installed; on cuda "
                    + ",".join(DEFAULT_VARIANTS["cuda"]) + ")")
     p.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU figures (fp32, compiled, bf16)")
-    p.add_argument("--threads", type=int, help="threads for torch, onnxruntime and OpenVINO alike (default: torch's choice)")
+    p.add_argument("--threads", type=integer(1), help="threads for torch, onnxruntime and OpenVINO alike (default: torch's choice)")
     p.add_argument("--data", help="real images for int8 calibration, from the training part of the split "
                                   "(default: $RESNETS_DATA)")
     p.add_argument("--json", action="store_true")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import UsageError
+from .options import integer, number
 
 
 def run(args) -> int:
@@ -72,29 +73,29 @@ def register(subparsers) -> None:
 
     add_backend_argument(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=integer(0), default=8000)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="CPU threads for the model, whatever the backend (default: the "
+    p.add_argument("--threads", type=integer(1), help="CPU threads for the model, whatever the backend (default: the "
                                               "runtime's choice; on a machine busy with other work, 1 avoids threads "
                                               "waiting on each other)")
-    p.add_argument("--max-batch", type=int, default=32, help="images per forward pass at most")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
+    p.add_argument("--max-batch", type=integer(1), default=32, help="images per forward pass at most")
+    p.add_argument("--max-wait-ms", type=number(0), default=5.0,
                    help="how long the oldest request waits for others to share its batch")
-    p.add_argument("--queue-size", type=int, default=256,
+    p.add_argument("--queue-size", type=integer(1), default=256,
                    help="images waiting at most; beyond it requests get 503 with Retry-After")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request before 504")
-    p.add_argument("--max-bytes", type=int, default=10 * 2**20, help="largest request body in bytes")
-    p.add_argument("--max-pixels", type=int, default=4096 * 4096,
+    p.add_argument("--timeout", type=number(0, above=True, infinite=True), default=30.0, help="seconds per request before 504")
+    p.add_argument("--max-bytes", type=integer(1), default=10 * 2**20, help="largest request body in bytes")
+    p.add_argument("--max-pixels", type=integer(1), default=4096 * 4096,
                    help="largest image in pixels, read from its header before decoding")
-    p.add_argument("--max-request-pixels", type=int,
+    p.add_argument("--max-request-pixels", type=integer(1),
                    help="pixels per request over all its images, read from their headers before decoding "
                         "(default: 4 x --max-pixels)")
-    p.add_argument("--max-requests", type=int, default=64,
+    p.add_argument("--max-requests", type=integer(1), default=64,
                    help="requests to /v1/* and /v2/models/* in flight at once; beyond it 503 with Retry-After")
-    p.add_argument("--max-inflight-bytes", type=int,
+    p.add_argument("--max-inflight-bytes", type=integer(1),
                    help="bytes of request bodies held at once over all requests; beyond it 503 with Retry-After "
                         "(default: 8 x --max-bytes)")
-    p.add_argument("--drain", type=float, default=0.5,
+    p.add_argument("--drain", type=number(0), default=0.5,
                    help="seconds that SIGINT/SIGTERM keep answering new requests 503 before the server stops listening")
     p.add_argument("--token-file", help="require Authorization: Bearer TOKEN on /v1/*, /v2/models/* and /metrics, "
                                         "TOKEN read from this file "

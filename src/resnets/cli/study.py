@@ -9,6 +9,7 @@ import json
 import os
 
 from ..errors import InputError
+from .options import integer, number
 
 
 def run_degradation(args) -> int:
@@ -67,11 +68,11 @@ def register(subparsers) -> None:
     deg.add_argument("--data", help="CIFAR-10 image folder or archive (default: $RESNETS_DATA, else the bundled sample)")
     deg.add_argument("--out", default="runs/degradation", help="output folder (default: %(default)s)")
     deg.add_argument("--models", default="plain20,plain56,resnet20,resnet56", help="comma-separated (default: %(default)s)")
-    deg.add_argument("--epochs", type=int, default=6, help="reduced schedule: epochs (default: %(default)s)")
-    deg.add_argument("--limit", type=int, default=10000, help="reduced schedule: training images (default: %(default)s)")
+    deg.add_argument("--epochs", type=integer(1), default=6, help="reduced schedule: epochs (default: %(default)s)")
+    deg.add_argument("--limit", type=integer(0), default=10000, help="reduced schedule: training images (default: %(default)s)")
     deg.add_argument("--full", action="store_true", help="the paper's schedule: 64k iterations on 45k images")
-    deg.add_argument("--grad-every", type=int, default=20, help="record gradient norms every N steps")
-    deg.add_argument("--warmup", type=int, help="linear lr warm-up for every model: epochs of the reduced schedule "
+    deg.add_argument("--grad-every", type=integer(1), default=20, help="record gradient norms every N steps")
+    deg.add_argument("--warmup", type=integer(0), help="linear lr warm-up for every model: epochs of the reduced schedule "
                      "(default 1), steps of the full one (default 400)")
     deg.add_argument("--zero-init", action=argparse.BooleanOptionalAction, default=None,
                      help="start ResNets' residual branches at zero (default: on for the reduced schedule, "
@@ -85,11 +86,11 @@ def register(subparsers) -> None:
     )
     seg.add_argument("--out", default="runs/brain-seg", help="output folder (default: %(default)s)")
     seg.add_argument("--encoder", default="resnet18", help="zoo network under the decoder (default: %(default)s)")
-    seg.add_argument("--epochs", type=int, default=40, help="(default: %(default)s)")
-    seg.add_argument("--batch-size", type=int, default=8, help="(default: %(default)s)")
-    seg.add_argument("--lr", type=float, default=2e-3, help="AdamW peak lr, cosine to zero (default: %(default)s)")
-    seg.add_argument("--limit", type=int, default=0, help="keep this many training slices (0: all)")
-    seg.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    seg.add_argument("--epochs", type=integer(1), default=40, help="(default: %(default)s)")
+    seg.add_argument("--batch-size", type=integer(1), default=8, help="(default: %(default)s)")
+    seg.add_argument("--lr", type=number(0, above=True), default=2e-3, help="AdamW peak lr, cosine to zero (default: %(default)s)")
+    seg.add_argument("--limit", type=integer(0), default=0, help="keep this many training slices (0: all)")
+    seg.add_argument("--threads", type=integer(0), default=0, help="torch threads (0: torch's default)")
     seg.add_argument("--seed", type=int, default=0)
     seg.add_argument("--json", action="store_true", help="print the result as JSON")
     seg.set_defaults(func=run_brain_seg)
@@ -103,15 +104,15 @@ def register(subparsers) -> None:
     det.add_argument("--detectors", default="fcos,fasterrcnn",
                      help="comma-separated, among fcos, retinanet, fasterrcnn (default: %(default)s)")
     det.add_argument("--backbones", default="resnet18,plain18", help="comma-separated zoo networks (default: %(default)s)")
-    det.add_argument("--steps", type=int, default=300, help="training steps per detector (default: %(default)s)")
-    det.add_argument("--batch-size", type=int, default=16, help="scenes per step (default: %(default)s)")
-    det.add_argument("--lr", type=float, default=1e-3, help="AdamW peak lr, cosine to zero (default: %(default)s)")
-    det.add_argument("--pretrain-epochs", type=float, default=1.0,
+    det.add_argument("--steps", type=integer(1), default=300, help="training steps per detector (default: %(default)s)")
+    det.add_argument("--batch-size", type=integer(1), default=16, help="scenes per step (default: %(default)s)")
+    det.add_argument("--lr", type=number(0, above=True), default=1e-3, help="AdamW peak lr, cosine to zero (default: %(default)s)")
+    det.add_argument("--pretrain-epochs", type=number(0), default=1.0,
                      help="epochs of CIFAR-10 classification (the training part) for each backbone before detection; "
                           "0: detectors from scratch (default: %(default)s)")
-    det.add_argument("--held-out", type=int, default=500, help="held-out scenes scored (default: %(default)s)")
-    det.add_argument("--limit", type=int, default=0, help="source images kept in each part of the split (0: all)")
-    det.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    det.add_argument("--held-out", type=integer(1), default=500, help="held-out scenes scored (default: %(default)s)")
+    det.add_argument("--limit", type=integer(0), default=0, help="source images kept in each part of the split (0: all)")
+    det.add_argument("--threads", type=integer(0), default=0, help="torch threads (0: torch's default)")
     det.add_argument("--seed", type=int, default=0)
     det.add_argument("--json", action="store_true", help="print the result as JSON")
     det.set_defaults(func=run_detection)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import UsageError
+from .options import integer
 
 # The recipes ship inside the package (resnets/configs; the checkout's configs/ links there), so
 # `resnets train --config cifar10_paper` works from a wheel install too.
@@ -126,9 +127,9 @@ def register(subparsers) -> None:
     p.add_argument("--tta", choices=["none", "flip"], default=None, help="test-time augmentation")
     p.add_argument("--holdout", action="store_true",
                    help="evaluate on the validation images held out in training (the weights' recipe's split)")
-    p.add_argument("--val-size", type=int, help="with --holdout: size of the held-out split (default: the recipe's)")
+    p.add_argument("--val-size", type=integer(1), help="with --holdout: size of the held-out split (default: the recipe's)")
     p.add_argument("--split-seed", type=int, help="with --holdout: seed of the split (default: the recipe's)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=integer(1), default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--confusion", metavar="PNG", help="write the confusion-matrix image there")
     p.add_argument("--out", metavar="JSON", help="write the whole result (per-class accuracy, confusion matrix) there")
@@ -141,7 +142,7 @@ def register(subparsers) -> None:
                                                     "model file (.onnx, .xml, .pt2)")
     add_backend_argument(p)
     p.add_argument("--model", help="model name (default: from the weights' metadata)")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=integer(1), default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_predict)

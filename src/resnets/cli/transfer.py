@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 from . import UsageError
+from .options import integer
 
 
 def run_features(args) -> int:
@@ -35,6 +36,6 @@ def register(subparsers) -> None:
     p.add_argument("--weights", required=True, help=".safetensors / checkpoint, or a shipped tag with --model")
     p.add_argument("--model", help="model name (default: from the weights' metadata)")
     p.add_argument("--out", required=True, help="FILE.npy; FILE.files.txt gets one path per row")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=integer(1), default=256)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run_features)

@@ -127,7 +127,7 @@ def image_size(path) -> tuple[int, int] | None:
         with Image.open(path) as img:
             w, h = img.size
             orientation = img.getexif().get(0x0112, 1)
-    except (OSError, SyntaxError, ValueError):
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):  # the bomb: reported as a bad file later
         return None
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 

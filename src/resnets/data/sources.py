@@ -169,7 +169,7 @@ def folder_statistics(samples: list[tuple[str, int]], max_images: int = 512, see
                 img.draft("RGB", (thumb, thumb))
                 img.load()
                 arr = np.asarray(_to_rgb(img), dtype=np.float64) / 255.0
-        except (OSError, SyntaxError, ValueError):
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             continue  # bad files are reported by the loader; statistics just skip them
         flat = arr.reshape(-1, 3)
         total += flat.sum(0)

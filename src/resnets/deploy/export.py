@@ -3,7 +3,12 @@ dimension, and the parity check of an export against the PyTorch model it came f
 
 ONNX, OpenVINO IR and PT2 files carry the weights' metadata (classes, preprocessing, the source
 weights' sha256; :func:`resnets.runtime.file_metadata`), so the file alone is enough to serve it
-(``resnets serve --weights model.onnx``)."""
+(``resnets serve --weights model.onnx``).
+
+Every format is serialised in memory and put in place by :func:`resnets.weights_io.atomic_write`
+(OpenVINO's two files each so), so a full disk or a file-size limit leaves the previous export
+whole and says so; the exporters' own file writers abort the process from C++ with a truncated file.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import contextlib
 import io
 import json
 import math
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, need
 from ..runtime import PT2_EXTRA, run_onnxruntime, run_openvino, run_pt2, set_ov_metadata
+from ..weights_io import WriteError, atomic_write
 
 FORMATS = ("onnx", "openvino", "torchscript", "pt2")
 # torch.export needs a finite range; 1 is allowed because Dim(min=2) specialises batch-1 calls away.
@@ -65,8 +72,8 @@ def export_onnx(model: nn.Module, example: Tensor, path: str | Path, *, dynamic_
             model.eval(), (example,), input_names=["input"], output_names=["logits"], dynamo=True, **kwargs
         )
         program.model.metadata_props.update(metadata or {})
-        program.save(str(path))
-    return path
+        data = program.model_proto.SerializeToString()  # initializers included: these models are far below 2 GB
+    return atomic_write(path, data)
 
 
 def export_openvino(model: nn.Module, example: Tensor, path: str | Path, *, dynamic_batch: bool = True,
@@ -86,8 +93,19 @@ def export_openvino(model: nn.Module, example: Tensor, path: str | Path, *, dyna
     converted.input(0).get_tensor().set_names({"input"})
     converted.output(0).get_tensor().set_names({"logits"})
     set_ov_metadata(converted, metadata or {})
-    ov.save_model(converted, str(path), compress_to_fp16=False)
-    return path
+    # OpenVINO writes only to files: into a scratch directory, then each file put in place whole,
+    # the .bin before the .xml that names the model (a reader finds the new pair or the old one's .xml).
+    with tempfile.TemporaryDirectory(prefix="resnets-openvino-") as scratch:
+        tmp = Path(scratch) / "model.xml"
+        try:
+            ov.save_model(converted, str(tmp), compress_to_fp16=False)
+        except (RuntimeError, OSError) as exc:
+            raise WriteError(f"could not write the OpenVINO IR for {path}: OpenVINO's writer failed in {scratch} "
+                             f"({exc}; a full disk or a file-size limit?); "
+                             f"{'the previous file is intact' if path.exists() else 'nothing was written'}") from exc
+        weights, graph = tmp.with_suffix(".bin").read_bytes(), tmp.read_bytes()
+    atomic_write(path.with_suffix(".bin"), weights)
+    return atomic_write(path, graph)
 
 
 def export_torchscript(model: nn.Module, example: Tensor, path: str | Path) -> Path:
@@ -106,8 +124,9 @@ def export_torchscript(model: nn.Module, example: Tensor, path: str | Path) -> P
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=FutureWarning)
         traced = torch.jit.trace(model.eval(), example, check_trace=False)
-    traced.save(str(path))
-    return path
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    return atomic_write(path, buffer.getbuffer())
 
 
 def export_pt2(model: nn.Module, example: Tensor, path: str | Path, *, dynamic_batch: bool = True,
@@ -118,8 +137,9 @@ def export_pt2(model: nn.Module, example: Tensor, path: str | Path, *, dynamic_b
     model.eval()  # not chained: an int8 PT2E graph's eval() returns None (see quantize.py)
     with torch.no_grad():
         program = torch.export.export(model, (example,), dynamic_shapes=shapes)
-    torch.export.save(program, str(path), extra_files={PT2_EXTRA: json.dumps(metadata or {})})
-    return path
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={PT2_EXTRA: json.dumps(metadata or {})})
+    return atomic_write(path, buffer.getbuffer())
 
 
 def export(model: nn.Module, example: Tensor, path: str | Path, fmt: str, *, dynamic_batch: bool = True,

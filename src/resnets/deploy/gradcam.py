@@ -8,6 +8,7 @@ explained with one forward and one backward: each image's score depends only on 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..errors import InputError
+from ..weights_io import atomic_write
 
 
 def default_target_layer(model: nn.Module) -> str:
@@ -53,6 +55,10 @@ def grad_cam(model: nn.Module, images: Tensor, target: Tensor | int | None = Non
                 classes = torch.full((len(x),), target, dtype=torch.long)
             else:
                 classes = target.to(torch.long)
+            n = logits.shape[1]
+            if len(classes) and not 0 <= int(classes.min()) <= int(classes.max()) < n:
+                bad = int(classes.min()) if int(classes.min()) < 0 else int(classes.max())
+                raise InputError(f"class {bad} (--class) is not one of the model's {n} classes, 0 to {n - 1}")
             score = logits.gather(1, classes.view(-1, 1)).sum()
             (grad,) = torch.autograd.grad(score, activation)
     finally:
@@ -89,6 +95,7 @@ def save_overlays(images: Tensor, heatmaps: Tensor, out_dir: str | Path, names: 
         if stems.count(stem) > 1:
             stem = f"{Path(name).parent.name}_{stem}"
         path = out_dir / f"{stem}_gradcam.png"
-        overlay(image, heatmap, alpha, scale).save(path)
-        paths.append(path)
+        png = io.BytesIO()
+        overlay(image, heatmap, alpha, scale).save(png, format="PNG")
+        paths.append(atomic_write(path, png.getbuffer()))
     return paths

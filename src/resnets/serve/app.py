@@ -190,10 +190,10 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
                         ("max_pixels", max_pixels), ("timeout_s", timeout_s),
                         ("max_request_pixels", max_request_pixels), ("max_requests", max_requests),
                         ("max_inflight_bytes", max_inflight_bytes)):
-        if value <= 0:
+        if not value > 0:  # so that NaN is refused: `nan <= 0` is False, and --timeout nan answered every request 504
             option = "--" + name.removesuffix("_s").replace("_", "-")
             raise InputError(f"{name} ({option}) must be positive; got {value}")
-    if max_wait_ms < 0:
+    if not max_wait_ms >= 0:
         raise InputError(f"max_wait_ms (--max-wait-ms) must be 0 or more; got {max_wait_ms}")
     metrics = Metrics(max_batch)
     start = time.perf_counter()

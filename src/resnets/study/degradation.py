@@ -9,6 +9,7 @@ engine, records the gradient norm of every convolution (the vanishing-gradient p
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,13 +153,14 @@ def degradation_study(
         gradients[name] = {"layers": recorder.names, "history": recorder.history}
         record = {"schedule": schedule_of, "history": result.history, "gradients": gradients[name]}
         atomic_write(out_dir / name / STUDY_RECORD, json.dumps(record).encode())
-    (out_dir / "gradients.json").write_text(json.dumps(gradients))
-    with open(out_dir / "curves.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["model", "epoch", "train_error", "val_error"])
-        for name, rows in histories.items():
-            for row in rows:
-                writer.writerow([name, row["epoch"], 1 - row["train_top1"], 1 - row.get("val_top1", float("nan"))])
+    atomic_write(out_dir / "gradients.json", json.dumps(gradients).encode())
+    curves = io.StringIO(newline="")
+    writer = csv.writer(curves)
+    writer.writerow(["model", "epoch", "train_error", "val_error"])
+    for name, rows in histories.items():
+        for row in rows:
+            writer.writerow([name, row["epoch"], 1 - row["train_top1"], 1 - row.get("val_top1", float("nan"))])
+    atomic_write(out_dir / "curves.csv", curves.getvalue().encode())
     figures = [plot_curves(histories, out_dir / "curves.png"), plot_gradients(gradients, out_dir / "gradients.png")]
     final = {n: {"train_error": 1 - h[-1]["train_top1"], "val_error": 1 - h[-1].get("val_top1", float("nan"))}
              for n, h in histories.items()}
@@ -293,5 +295,4 @@ def write_report(out_dir: Path, final: dict, gradients: dict, *, full: bool, epo
         ordering.append(f"- resnet56 trains {'better' if ok else 'NOT better'} than resnet20.")
     lines += ["", "## Ordering", "", *ordering, "", "![curves](curves.png)", "", "![gradients](gradients.png)", ""]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    return atomic_write(path, "\n".join(lines).encode())

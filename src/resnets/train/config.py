@@ -17,7 +17,7 @@ import yaml
 
 from ..data.split import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 from ..errors import InputError, UnknownNameError
-from ..weights_io import METRIC_ALIASES
+from ..weights_io import METRIC_ALIASES, atomic_write
 
 
 @dataclass
@@ -126,7 +126,7 @@ class Config:
         return _plain(dataclasses.asdict(self))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write(path, yaml.safe_dump(self.to_dict(), sort_keys=False).encode())
 
 
 def _plain(value: Any) -> Any:
