@@ -367,10 +367,10 @@ def numeric_options_out_of_range(tmp: Path) -> None:
         (["features", *w, data, "--out", tmp / "f.npy", "--batch-size", "0"], "argument --batch-size"),
         (["explain", *w, image, "--out", tmp / "cam", "--batch-size", "0"], "argument --batch-size"),
         (["explain", *w, image, "--out", tmp / "cam", "--class", "10"],
-         "class 10 (--class) is not one of the model's 10 classes, 0 to 9"),
+         "target class 10 is not one of the model's 10 classes, 0 to 9"),
         (["serve", *w, "--timeout", "nan"], "argument --timeout: must be a finite number, got nan"),
         (["serve", *w, "--max-wait-ms", "nan"], "argument --max-wait-ms: must be a finite number"),
-        (["serve", *w, "--threads", "-1"], "argument --threads: must be at least 1, got -1"),
+        (["serve", *w, "--threads", "-1"], "argument --threads: must be at least 0, got -1"),
         (["export", *w, "--out", tmp / "m.onnx", "--tolerance", "nan"], "argument --tolerance: must be a finite"),
         (["export", *w, "--out", tmp / "m.onnx", "--std", "0.2", "0", "0.2"], "argument --std: must be above 0"),
     ]

@@ -171,12 +171,25 @@ def test_float8_and_float64_files_are_checked_as_the_model_will_hold_them(tmp_pa
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
 def test_a_written_file_gets_the_permissions_open_would_give_it(tmp_path):
     """mkstemp's temporary files are 0600, and every weights file, export and checkpoint kept that
-    mode after the rename: unreadable by a server running under another account. Under umask 022
-    (a child process, so the test does not depend on this shell's umask) a file is 0644."""
-    code = "import sys; from resnets.weights_io import atomic_write; atomic_write(sys.argv[1], b'x')"
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.bin")], check=True, timeout=300,
-                   env={**os.environ, "PYTHONPATH": SRC}, preexec_fn=lambda: os.umask(0o022))
-    assert (tmp_path / "w.bin").stat().st_mode & 0o777 == 0o644
+    mode after the rename: unreadable by a server running under another account. Now a new file gets
+    0666 less the umask of the moment (set here in a child process, after the import), and a replaced
+    file keeps its mode."""
+    code = textwrap.dedent("""
+        import os, sys
+        from resnets.weights_io import atomic_write
+        os.umask(int(sys.argv[2], 8))
+        atomic_write(sys.argv[1], b"x")
+    """)
+    for umask, mode in (("022", 0o644), ("077", 0o600)):
+        path = tmp_path / f"w{umask}.bin"
+        subprocess.run([sys.executable, "-c", code, str(path), umask], check=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": SRC})
+        assert path.stat().st_mode & 0o777 == mode, (umask, oct(path.stat().st_mode))
+    kept = tmp_path / "kept.bin"
+    kept.write_bytes(b"old")
+    kept.chmod(0o640)
+    atomic_write(kept, b"new")
+    assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_bytes() == b"new"
 
 
 def test_a_safetensors_file_under_another_name_is_read_as_safetensors(tmp_path):

@@ -184,7 +184,7 @@ def _sizes(values: Sequence[int], key: str) -> tuple[int, ...]:
             raise TypeError
         if all(float(v).is_integer() for v in values):
             return tuple(int(v) for v in values)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     raise PreprocessingError(f"preprocessing {key} must be a list of whole numbers; got {values!r}")
 
@@ -194,7 +194,7 @@ def _floats(values: Sequence[float], key: str = "mean/std") -> tuple[float, ...]
         if isinstance(values, str | bytes | Mapping) or any(isinstance(v, str | bytes | bool) for v in values):
             raise TypeError
         return tuple(float(v) for v in values)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise PreprocessingError(f"preprocessing {key} must be a list of numbers; got {values!r}") from None
 
 

@@ -53,11 +53,30 @@ class WriteError(CheckpointError):
 # ---- the one atomic write --------------------------------------------------------------------
 
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-# mkstemp creates 0600 files; a written file gets what open() would give it (0666 less the umask), so an
-# export or weights file can be read by the server's account. Read once, at import: os.umask can only
-# be read by setting it, which is not safe while other threads create files.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+# mkstemp creates 0600 files; a new file gets what open() would give it (0666 less the umask) and a
+# replaced one keeps its mode, so an export or weights file stays readable by the server's account.
+_UMASK_AT_IMPORT = os.umask(0o022)
+os.umask(_UMASK_AT_IMPORT)
+
+
+def _umask() -> int:
+    """The process's umask now: Linux says it in /proc (os.umask can only read it by setting it, which
+    is not safe while other threads create files); elsewhere, the one at import."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK_AT_IMPORT
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
 # .NAME.PID-HOST-RANDOM.tmp: who wrote it, so a later write can tell a dead writer's file from a live one's.
 _TEMP = re.compile(r"^\..+\.(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[^.]+\.tmp$")
 
@@ -131,8 +150,10 @@ def atomic_write(path: str | Path, data: bytes | bytearray | memoryview) -> Path
         raise _write_error(path, exc, len(view)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
-            if hasattr(os, "fchmod"):  # POSIX
-                os.fchmod(f.fileno(), 0o666 & ~_UMASK)
+            try:
+                os.fchmod(f.fileno(), _mode_for(path))
+            except (OSError, AttributeError):  # a mount that refuses chmod (vfat, CIFS), or no fchmod (Windows)
+                pass
             f.write(view)
             f.flush()
             os.fsync(f.fileno())

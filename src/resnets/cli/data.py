@@ -52,5 +52,6 @@ def register(subparsers) -> None:
     verify.add_argument("dir", help="image folder DIR/<class>/<image>, or a CIFAR-10/100 archive folder")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.add_argument("--class-map", help="'natural', or a class-map file (JSON list/dict or one name per line)")
-    verify.add_argument("--workers", type=integer(1), default=None, help="decoding processes (default: CPU count, max 8)")
+    verify.add_argument("--workers", type=integer(0), default=None,
+                        help="decoding processes (default: CPU count, max 8; 0 or 1: in this process)")
     verify.set_defaults(func=run_verify)

@@ -146,7 +146,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the check of an ONNX (onnxruntime) or OpenVINO file against PyTorch")
     p.add_argument("--check-images", type=integer(1), default=256, help="validation images for the check")
-    p.add_argument("--tolerance", type=number(0), default=1e-3, help="largest acceptable |logit difference|")
+    p.add_argument("--tolerance", type=number(0, infinite=True), default=1e-3, help="largest acceptable |logit difference|")
     p.set_defaults(func=run_export)
 
     p = subparsers.add_parser("quantize", help="int8 static quantization (PT2E; or QAT), accuracy before/after")
@@ -157,7 +157,7 @@ def register(subparsers) -> None:
     p.add_argument("--calibration", type=integer(1), default=512, help="training images for calibration")
     p.add_argument("--val", type=integer(1), default=2000,
                    help="validation images for the accuracy check, drawn from the split's held-out part")
-    p.add_argument("--max-drop", type=number(), default=0.5, help="warn when top-1 drops more (points)")
+    p.add_argument("--max-drop", type=number(infinite=True), default=0.5, help="warn when top-1 drops more (points)")
     p.add_argument("--strict", action="store_true", help="exit 3 when the drop exceeds --max-drop")
     p.add_argument("--qat-epochs", type=integer(0), default=0, help="quantization-aware training epochs (0: PTQ)")
     p.add_argument("--qat-images", type=integer(0), default=0, help="training images for QAT")
@@ -169,7 +169,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("prune", help="structured or unstructured pruning with a short fine-tune")
     _common(p)
     p.add_argument("--method", choices=["structured", "unstructured"], default="structured")
-    p.add_argument("--ratio", type=number(0, above=True), default=0.3, help="fraction of channels / weights removed")
+    p.add_argument("--ratio", type=number(0), default=0.3, help="fraction of channels / weights removed")
     p.add_argument("--epochs", type=integer(0), default=1, help="fine-tuning epochs over --train-images")
     p.add_argument("--train-images", type=integer(0), default=5000, help="training images for fine-tuning")
     p.add_argument("--val", type=integer(1), default=2000, help="validation images, drawn from the split's held-out part")
@@ -202,7 +202,8 @@ def register(subparsers) -> None:
                    + ",".join(DEFAULT_VARIANTS["cpu"]) + ", less the runtimes not installed; on cuda "
                    + ",".join(DEFAULT_VARIANTS["cuda"]) + ")")
     p.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU figures (fp32, compiled, bf16)")
-    p.add_argument("--threads", type=integer(1), help="threads for torch, onnxruntime and OpenVINO alike (default: torch's choice)")
+    p.add_argument("--threads", type=integer(0),
+                   help="threads for torch, onnxruntime and OpenVINO alike (default, or 0: torch's choice)")
     p.add_argument("--data", help="real images for int8 calibration, from the training part of the split "
                                   "(default: $RESNETS_DATA)")
     p.add_argument("--json", action="store_true")

@@ -75,7 +75,7 @@ def register(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=integer(0), default=8000)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=integer(1), help="CPU threads for the model, whatever the backend (default: the "
+    p.add_argument("--threads", type=integer(0), help="CPU threads for the model, whatever the backend (default, or 0: the "
                                               "runtime's choice; on a machine busy with other work, 1 avoids threads "
                                               "waiting on each other)")
     p.add_argument("--max-batch", type=integer(1), default=32, help="images per forward pass at most")

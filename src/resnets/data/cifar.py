@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..weights_io import atomic_write
 from .info import DatasetInfo, compute_normalization
 
 CIFAR10_DIR = "cifar-10-batches-py"
@@ -223,7 +224,7 @@ class _Py2Pickler(pickle._Pickler):
 def _dump_py2(obj, path: Path) -> None:
     buf = io.BytesIO()
     _Py2Pickler(buf, protocol=2).dump(obj)
-    path.write_bytes(buf.getvalue())
+    atomic_write(path, buf.getbuffer())
 
 
 def write_cifar_archive(root, kind: str, train: tuple, test: tuple, classes: list[str],

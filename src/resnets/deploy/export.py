@@ -93,8 +93,9 @@ def export_openvino(model: nn.Module, example: Tensor, path: str | Path, *, dyna
     converted.input(0).get_tensor().set_names({"input"})
     converted.output(0).get_tensor().set_names({"logits"})
     set_ov_metadata(converted, metadata or {})
-    # OpenVINO writes only to files: into a scratch directory, then each file put in place whole,
-    # the .bin before the .xml that names the model (a reader finds the new pair or the old one's .xml).
+    # OpenVINO writes only to files: into a scratch directory, then each file put in place whole. Two
+    # files cannot be replaced at once: the .bin goes first, and if the .xml then fails the old .bin is
+    # put back, so the folder holds the old pair or the new one.
     with tempfile.TemporaryDirectory(prefix="resnets-openvino-") as scratch:
         tmp = Path(scratch) / "model.xml"
         try:
@@ -104,8 +105,17 @@ def export_openvino(model: nn.Module, example: Tensor, path: str | Path, *, dyna
                              f"({exc}; a full disk or a file-size limit?); "
                              f"{'the previous file is intact' if path.exists() else 'nothing was written'}") from exc
         weights, graph = tmp.with_suffix(".bin").read_bytes(), tmp.read_bytes()
-    atomic_write(path.with_suffix(".bin"), weights)
-    return atomic_write(path, graph)
+    bin_path = path.with_suffix(".bin")
+    old_bin = bin_path.read_bytes() if bin_path.is_file() else None
+    atomic_write(bin_path, weights)
+    try:
+        return atomic_write(path, graph)
+    except BaseException:
+        if old_bin is None:
+            bin_path.unlink(missing_ok=True)
+        else:
+            atomic_write(bin_path, old_bin)
+        raise
 
 
 def export_torchscript(model: nn.Module, example: Tensor, path: str | Path) -> Path:
