@@ -55,13 +55,9 @@ class WriteError(CheckpointError):
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 # mkstemp creates 0600 files; a new file gets what open() would give it (0666 less the umask) and a
 # replaced one keeps its mode, so an export or weights file stays readable by the server's account.
-_UMASK_AT_IMPORT = os.umask(0o022)
-os.umask(_UMASK_AT_IMPORT)
-
-
 def _umask() -> int:
-    """The process's umask now: Linux says it in /proc (os.umask can only read it by setting it, which
-    is not safe while other threads create files); elsewhere, the one at import."""
+    """The process's umask now. Linux says it in /proc; elsewhere os.umask reads it only by setting it
+    (and back), which can race with other threads creating files, so it is the fallback."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -69,7 +65,9 @@ def _umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    return _UMASK_AT_IMPORT
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _mode_for(path: Path) -> int:
