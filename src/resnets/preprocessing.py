@@ -189,13 +189,13 @@ def _sizes(values: Sequence[int], key: str) -> tuple[int, ...]:
     raise PreprocessingError(f"preprocessing {key} must be a list of whole numbers; got {values!r}")
 
 
-def _floats(values: Sequence[float], key: str = "mean/std") -> tuple[float, ...]:
+def _floats(values: Sequence[float]) -> tuple[float, ...]:
     try:
         if isinstance(values, str | bytes | Mapping) or any(isinstance(v, str | bytes | bool) for v in values):
             raise TypeError
         return tuple(float(v) for v in values)
     except (TypeError, ValueError, OverflowError):
-        raise PreprocessingError(f"preprocessing {key} must be a list of numbers; got {values!r}") from None
+        raise PreprocessingError(f"preprocessing mean/std must be a list of numbers; got {values!r}") from None
 
 
 def _as_uint8_tensor(image) -> Tensor:
