@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import traceback
 from collections.abc import Callable
@@ -507,6 +508,36 @@ def file_size_limit_during_training(tmp: Path) -> None:
     assert torch.load(last, weights_only=True)["step"] == 1
     resumed = _train_process(tmp, data, "train.epochs=2")
     assert resumed.returncode == 0 and (last.parent / "final.safetensors").exists(), resumed.stderr[-2000:]
+
+
+@probe("training")
+def file_size_limit_on_metrics_csv(tmp: Path) -> None:
+    """The training reporter in a child process whose file-size limit lets metrics.csv hold one epoch's
+    row but not two (a whole run cannot isolate it: its config.yaml is larger): the second epoch's
+    write fails with the message and metrics.csv is the one-row file, whole (an append left half a row)."""
+    script = textwrap.dedent("""
+        import resource, sys
+        from pathlib import Path
+        from resnets.train.report import Reporter
+        from resnets.weights_io import WriteError
+        rows = [{"epoch": e, "step": 10 * e, "lr": 0.1, "train_loss": 1.0, "train_top1": 0.5, "val_loss": 1.0,
+                 "val_top1": 0.5, "val_top5": 0.9, "seconds": 1.0, "img_per_s": 100.0} for e in (1, 2)]
+        reporter = Reporter(Path(sys.argv[1]), progress=False, tensorboard=False)
+        reporter.epoch_row(rows[:1], improved=True, best_metric="val_top1")
+        size = (Path(sys.argv[1]) / "metrics.csv").stat().st_size
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 20, size + 20))
+        try:
+            reporter.epoch_row(rows, improved=False, best_metric="val_top1")
+        except WriteError as exc:
+            sys.exit(f"error: {exc}")
+    """)
+    run = subprocess.run([sys.executable, "-c", script, str(tmp)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    metrics = tmp / "metrics.csv"
+    expect(run.returncode, run.stderr, 1, f"error: file-size limit reached while writing {metrics}",
+           "the previous file is intact")
+    lines = metrics.read_text().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("1,10,"), lines
 
 
 @probe("training")

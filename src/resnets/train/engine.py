@@ -656,7 +656,7 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
                 improved = metric is not None and (best is None or (metric > best if higher_better else metric < best))
                 if improved:
                     best = metric
-                reporter.epoch_row(row, improved=improved, best_metric=t.best_metric)
+                reporter.epoch_row(history, improved=improved, best_metric=t.best_metric)
                 if improved:
                     checkpoint("best.pt", epoch, resume_at)
                 checkpoint("last.pt", epoch, resume_at)

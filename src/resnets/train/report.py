@@ -89,16 +89,13 @@ class Reporter:
             self.progress.stop()
             self.progress = None
 
-    def epoch_row(self, row: dict, *, improved: bool, best_metric: str) -> None:
+    def epoch_row(self, history: list[dict], *, improved: bool, best_metric: str) -> None:
+        """The last epoch of ``history``: metrics.csv rewritten whole (a few hundred rows at most; an
+        append cut short by a full disk left half a row), TensorBoard, the summary line."""
         if not self.enabled:
             return
-        path = self.run_dir / "metrics.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({k: row.get(k, "") for k in COLUMNS})
+        row = history[-1]
+        write_metrics(self.run_dir / "metrics.csv", history)
         if self.writer is not None:
             for k, v in row.items():
                 if k not in ("epoch", "step"):
