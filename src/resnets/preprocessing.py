@@ -176,26 +176,30 @@ class Preprocessing:
         return f"{how} ({self.interpolation}), mean {list(self.mean)}, std {list(self.std)}"
 
 
+def _plain_numbers(values) -> list[float] | None:
+    """``values`` as floats when it is a sequence of numbers (not a string, mapping or booleans), else None."""
+    try:
+        if isinstance(values, str | bytes | Mapping) or any(isinstance(v, str | bytes | bool) for v in values):
+            return None
+        return [float(v) for v in values]
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _sizes(values: Sequence[int], key: str) -> tuple[int, ...]:
     """Whole numbers, as written: int(v) of each character of the string "32" gave (3, 2), and 32.9
     became 32 (both silently: every image then went in at the wrong size)."""
-    try:
-        if isinstance(values, str | bytes | Mapping) or any(isinstance(v, str | bytes | bool) for v in values):
-            raise TypeError
-        if all(float(v).is_integer() for v in values):
-            return tuple(int(v) for v in values)
-    except (TypeError, ValueError, OverflowError):
-        pass
-    raise PreprocessingError(f"preprocessing {key} must be a list of whole numbers; got {values!r}")
+    numbers = _plain_numbers(values)
+    if numbers is None or not all(v.is_integer() for v in numbers):
+        raise PreprocessingError(f"preprocessing {key} must be a list of whole numbers; got {values!r}")
+    return tuple(int(v) for v in numbers)
 
 
 def _floats(values: Sequence[float]) -> tuple[float, ...]:
-    try:
-        if isinstance(values, str | bytes | Mapping) or any(isinstance(v, str | bytes | bool) for v in values):
-            raise TypeError
-        return tuple(float(v) for v in values)
-    except (TypeError, ValueError, OverflowError):
-        raise PreprocessingError(f"preprocessing mean/std must be a list of numbers; got {values!r}") from None
+    numbers = _plain_numbers(values)
+    if numbers is None:
+        raise PreprocessingError(f"preprocessing mean/std must be a list of numbers; got {values!r}")
+    return tuple(numbers)
 
 
 def _as_uint8_tensor(image) -> Tensor:

@@ -56,9 +56,9 @@ def grad_cam(model: nn.Module, images: Tensor, target: Tensor | int | None = Non
             else:
                 classes = target.to(torch.long)
             n = logits.shape[1]
-            if len(classes) and not 0 <= int(classes.min()) <= int(classes.max()) < n:
-                bad = int(classes.min()) if int(classes.min()) < 0 else int(classes.max())
-                raise InputError(f"target class {bad} is not one of the model's {n} classes, 0 to {n - 1}")
+            outside = classes[(classes < 0) | (classes >= n)]
+            if len(outside):
+                raise InputError(f"target class {int(outside[0])} is not one of the model's {n} classes, 0 to {n - 1}")
             score = logits.gather(1, classes.view(-1, 1)).sum()
             (grad,) = torch.autograd.grad(score, activation)
     finally:
