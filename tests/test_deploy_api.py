@@ -39,6 +39,20 @@ def test_quantize_model_reports_and_recognises_the_training_data(cifar_train_dir
     assert [n for n in other if "trained on cifar10-jpeg/train (50000 images" in n], other
 
 
+def test_quantize_model_needs_calibration_images_only_without_qat(real_folder):
+    # Post-training quantization observes activation ranges on the calibration images: none is an error
+    # naming the option, before any weights are read. QAT learns them while training, so
+    # --calibration 0 --qat-images N is a valid request (refused by cceed86's range check; mended).
+    with pytest.raises(ValueError, match="--calibration: post-training quantization needs at least one"):
+        quantize_model("resnet20", "cifar10", calibration=0)
+    with pytest.raises(ValueError, match="--qat-images: quantization-aware training needs at least one"):
+        quantize_model("resnet20", "cifar10", calibration=0, qat_epochs=1)
+    report = quantize_model("resnet20", "cifar10", data=DataChoice(str(real_folder), val_size=100), calibration=0,
+                            qat_epochs=1, qat_images=32, val=50)
+    assert report.method == "QAT, 1 epoch(s) on 32 images" and report.calibration_images == 0
+    assert report.images == 50 and report.fp32_top1 > 50
+
+
 def test_export_model_checks_with_onnxruntime(tmp_path, real_folder):
     pytest.importorskip("onnxruntime")
     report = export_model("resnet20", "cifar10", out=tmp_path / "r20.onnx", check_images=40,

@@ -154,7 +154,8 @@ def register(subparsers) -> None:
     p.add_argument("--method", choices=["pt2e", "fx"], default="pt2e",
                    help="pt2e: torch.export + torchao's X86InductorQuantizer, lowered by inductor (the default; "
                         "torchao is in the deploy extra); fx: FX graph mode, torch's deprecated path, the fallback")
-    p.add_argument("--calibration", type=integer(1), default=512, help="training images for calibration")
+    p.add_argument("--calibration", type=integer(0), default=512,
+                   help="training images for calibration (0 with --qat-epochs: QAT alone)")
     p.add_argument("--val", type=integer(1), default=2000,
                    help="validation images for the accuracy check, drawn from the split's held-out part")
     p.add_argument("--max-drop", type=number(infinite=True), default=0.5, help="warn when top-1 drops more (points)")

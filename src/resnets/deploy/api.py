@@ -298,6 +298,14 @@ def quantize_model(model: str | None, weights: str | Path | None = None, *,
     if out is not None and Path(out).suffix.lower() not in INT8_SUFFIXES[flow]:
         raise InputError(f"--out: the {flow} int8 model is saved as {' or '.join(INT8_SUFFIXES[flow])}; "
                          f"got {Path(out).name}")
+    # QAT trains on max(calibration, qat_images) images and calibrates on none, so --calibration 0
+    # is fine there; post-training quantization observes its ranges on the calibration images.
+    if not qat_epochs and calibration < 1:
+        raise InputError(f"--calibration: post-training quantization needs at least one calibration image; "
+                         f"got {calibration} (or train with --qat-epochs N --qat-images M)")
+    if qat_epochs and max(calibration, qat_images) < 1:
+        raise InputError("--qat-images: quantization-aware training needs at least one training image; "
+                         f"got --qat-images {qat_images} and --calibration {calibration}")
     choice = _choice(data)
     loaded = load_model(model, weights, num_classes)
     train, train_y, val_x, val_y, split, prep, norm = _samples(loaded, choice, max(calibration, qat_images), val, log)
