@@ -505,6 +505,29 @@ def test_cli_quantize_prune_explain(zoo_weights, cifar_train_dir, cifar, tmp_pat
             assert img.size == (128, 128)
 
 
+@pytest.mark.parametrize("old_bin", [b"the previous export's weights", None], ids=["old-pair", "no-old-pair"])
+def test_export_openvino_puts_the_old_bin_back_when_the_xml_cannot_be_written(tmp_path, old_bin):
+    # The two IR files cannot be replaced at once: the .bin goes first. Here the .xml's place is
+    # taken by a directory (a real failure of the final rename, after the new .bin is in place):
+    # the folder must be left with the old .bin, or with no .bin where there was none.
+    pytest.importorskip("openvino")
+    from resnets.deploy.export import export_openvino
+    from resnets.weights_io import WriteError
+
+    out = tmp_path / "m.xml"
+    (out / "in-the-way").mkdir(parents=True)
+    if old_bin is not None:
+        out.with_suffix(".bin").write_bytes(old_bin)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(WriteError, match="m.xml"):
+        export_openvino(model, torch.randn(2, 3, 8, 8), out)
+    if old_bin is None:
+        assert not out.with_suffix(".bin").exists()
+    else:
+        assert out.with_suffix(".bin").read_bytes() == old_bin
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"][old_bin is None:], "a temporary file left"
+
+
 def test_cli_errors_are_usage_errors(tmp_path, capsys):
     from resnets.cli import main
 
