@@ -67,6 +67,9 @@ def test_unknown_key_is_a_usage_error(capsys):
 def test_train_needs_a_config_or_a_run(capsys, tmp_path):
     assert main(["train"]) == 2
     assert "--config" in capsys.readouterr().err
+    # An empty --data (an unset shell variable) is not the bundled sample, and leaves no run behind.
+    assert main(["train", "--config", "quickstart", "--data", "", "--set", f"out_dir={tmp_path}"]) == 2
+    assert "data.path is empty" in capsys.readouterr().err and not list(tmp_path.iterdir())
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "nothing to resume" in capsys.readouterr().err
     assert main(["train", "--config", "no-such-recipe"]) == 2

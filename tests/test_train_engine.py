@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -14,8 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 from safetensors.torch import load_file
 
+from resnets.errors import InputError
 from resnets.train import (
     NonFiniteLossError,
     NonFiniteStateError,
@@ -291,6 +294,80 @@ def test_sigterm_to_a_real_training_process_saves_a_resumable_checkpoint(subset,
     assert ckpt["step"] >= 6 and ckpt["loader"]["batch"] in (ckpt["step"] % 6, 6)
     result = train(None, overrides=[f"train.epochs={ckpt['epoch'] + 2}"], resume=run)
     assert result.metrics["step"] == 6 * (ckpt["epoch"] + 2)
+
+
+def test_a_second_ctrl_c_inside_a_step_saves_nothing_from_it(subset, tmp_path, capsys):
+    # Two real SIGINTs from inside step 8's forward pass (after batch-norm updated its statistics,
+    # before the step is counted): stop at once; last.pt stays the end of epoch 1 (step 6), whose
+    # batch-norm has seen exactly 6 batches, so a resume applies no batch twice.
+    def double_ctrl_c_in_step_8(info):
+        if info.step == 7:
+            def hook(module, args, output):
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+            info.model.register_forward_hook(hook)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(base(subset, tmp_path, "name=twice", "train.ema_decay=0"), callbacks=[double_ctrl_c_in_step_8])
+    out = capsys.readouterr().out
+    assert "at once in step 8, saving nothing from it" in out
+    assert f"the last good state is {tmp_path / 'twice' / 'last.pt'} (step 6)" in out
+    ckpt = load_checkpoint(tmp_path / "twice" / "last.pt")
+    assert ckpt["step"] == 6 and int(ckpt["model"]["bn1.num_batches_tracked"]) == 6
+
+
+def test_resuming_a_finished_run_trains_no_further_step(subset, tmp_path):
+    # A run that ended mid-epoch (train.steps=3 of 6 per epoch), resumed as a failed export's message
+    # says to: the exports are written again, and no step is added.
+    first = train(base(subset, tmp_path, "name=done", "train.steps=3"))
+    before = weights(first.run_dir)
+    again = train(resume=first.run_dir)
+    assert again.metrics["step"] == 3 and len(again.history) == len(first.history) == 1
+    after = weights(again.run_dir)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_resume_keeps_the_model_split_and_images_of_the_run(subset, tmp_path):
+    run = train(base(subset, tmp_path, "name=keep", "train.steps=2")).run_dir
+    saved = (run / "config.yaml").read_text()
+    for key, value in (("model.name", "resnet32"), ("train.batch_size", "8"), ("data.val_size", "12")):
+        with pytest.raises(InputError, match=rf"--set {key}={value}: .*last.pt was trained with {key}="):
+            train(None, overrides=[f"{key}={value}"], resume=run)
+    assert (run / "config.yaml").read_text() == saved  # not rewritten by a refused resume
+    # The same images in another folder resume; one image more is another split, refused.
+    moved = shutil.copytree(subset, tmp_path / "moved")
+    assert train(None, overrides=[f"data.path={moved}", "train.steps=3"], resume=run).metrics["step"] == 3
+    shutil.copy(next((moved / "cat").iterdir()), moved / "cat" / "extra.jpg")
+    with pytest.raises(InputError, match=rf"data.path {moved}: not the images {run} was trained on \(120 images"):
+        train(None, overrides=[f"data.path={moved}", "train.steps=4"], resume=run)
+
+
+def test_data_limit_validates_with_the_normalisation_the_weights_carry(subset, tmp_path):
+    from torch.nn import functional as F
+
+    from resnets.data import make_loader, open_dataset, split_train_val
+    from resnets.registry import load_model
+
+    result = train(base(subset, tmp_path, "name=limit", "data.limit=48", "train.steps=2", "train.ema_decay=0"))
+    meta = read_metadata(result.weights)
+    _, val = split_train_val(open_dataset(subset), val_size=24, seed=0)
+    info = dataclasses.replace(val.info, mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+    x, y = next(iter(make_loader(val, 64, train=False, info=info)))
+    with torch.no_grad():
+        loss = F.cross_entropy(load_model(result.weights).eval()(x), y).item()
+    assert result.history[-1]["val_loss"] == pytest.approx(loss, rel=1e-4)
+
+
+def test_cutout_on_a_folder_of_large_images_is_refused(tmp_path):
+    # Such folders are augmented by random-resized crops (FolderLoader): cutout was dropped silently.
+    for c in ("a", "b"):
+        (tmp_path / "big" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (72, 72), (40 * i, 90, 200)).save(tmp_path / "big" / c / f"{i}.png")
+    with pytest.raises(InputError, match=r"data.cutout=8: the pad-and-crop and cutout augmentations"):
+        train(None, overrides=[f"data.path={tmp_path / 'big'}", "data.val_size=2", "data.cutout=8",
+                               f"out_dir={tmp_path / 'runs'}", "train.steps=1", "train.batch_size=2"])
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_criterion_replaces_the_cross_entropy_in_the_one_training_step(subset):

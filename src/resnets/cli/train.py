@@ -35,7 +35,7 @@ def run_train(args) -> int:
     from ..train.checkpoint import CheckpointError
 
     overrides = list(args.set or [])
-    if args.data:
+    if args.data is not None:  # `--data ""` reaches the engine, which refuses it (not the bundled sample)
         overrides.append(f"data.path={args.data}")
     if args.download:
         overrides.append("data.download=true")

@@ -30,6 +30,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from ..data.split import sample_data_dir
+from ..errors import InputError
 from ..pretrained import resolve
 from ..registry import create_model
 from ..transfer.finetune import GradualUnfreezer, set_trainable, stage_names
@@ -41,7 +42,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import Config, config_from_dict, load_config, set_key
+from .config import Config, DataConfig, config_from_dict, load_config, set_key
 from .config import validate as check_config
 from .host_memory import keep_freed_memory
 from .optim import EMA, Schedule, build_optimizer
@@ -167,9 +168,15 @@ def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:
     return bool(finite.item())
 
 
+class _StopNow(KeyboardInterrupt):
+    """The second Ctrl-C/SIGTERM: raised wherever the process is, possibly between an optimizer
+    update (or a batch-norm statistics update) and the step count, so the state is not saved."""
+
+
 class _StopOnSignals:
     """First Ctrl-C or SIGTERM (what schedulers and container runtimes send before killing):
-    finish the current step, write a resumable checkpoint, stop. A second one: stop now."""
+    finish the current step, write a resumable checkpoint, stop. A second one: stop now, writing
+    nothing (a checkpoint of a half-done step would apply its batch twice when resumed)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -178,7 +185,7 @@ class _StopOnSignals:
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            raise _StopNow
         self.requested, self.signum = True, signum
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         print(f"\n{name}: stopping after this step ({name} again to stop at once)...", flush=True)
@@ -347,6 +354,36 @@ def validate(model: nn.Module, loader, device: torch.device, autocast, world: in
     return {"val_loss": loss_sum / n, "val_top1": correct / n, "val_top5": correct5 / n}
 
 
+# What a checkpoint's state was made with: changed on resume, the weights would not load (model),
+# the optimizer's state would not fit (optim.name, finetune's parameter groups), or the loader's
+# position would mean other images (the split, the batch size, the seed of the shuffle).
+_FIXED_ON_RESUME = ("model.name", "model.kwargs", "data.val_size", "data.split_seed", "data.limit",
+                    "train.batch_size", "train.accumulate", "train.seed", "optim.name", "finetune.weights",
+                    "finetune.freeze", "finetune.linear_probe", "finetune.lr_mult", "finetune.unfreeze_every")
+
+
+def _check_resume_keys(saved: Config, cfg: Config, run_dir: Path) -> None:
+    before, after = saved.to_dict(), cfg.to_dict()
+    for key in _FIXED_ON_RESUME:
+        section, name = key.split(".")
+        old, new = before[section][name], after[section][name]
+        if old != new:
+            raise InputError(f"--set {key}={new}: {run_dir / 'last.pt'} was trained with {key}={old}, and a resumed "
+                             f"run keeps it (its state and the data order depend on it). Start a new run to "
+                             f"change it; finetune.weights can start it from this run's weights.")
+
+
+def _check_resume_data(saved_meta: dict, recipe: dict, data_path, run_dir: Path) -> None:
+    """The same images as the run was trained on, wherever they now lie: other images would make
+    another 45k/5k split, mixing validation images into training, with nothing said."""
+    old = ((saved_meta.get("recipe") or {}).get("data") or {}).get("dataset") or {}
+    new = recipe["data"]["dataset"]
+    if old.get("fingerprint") and old["fingerprint"] != new["fingerprint"]:
+        raise InputError(f"data.path {data_path}: not the images {run_dir} was trained on ({old.get('images')} "
+                         f"images of {old.get('name')!r} then, {new['images']} of {new['name']!r} now; the content "
+                         f"fingerprints differ). Resume with the original images (--data DIR), or start a new run.")
+
+
 def _new_run_dir(cfg: Config) -> Path:
     name = cfg.name or f"{cfg.model.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.out_dir) / name
@@ -393,6 +430,8 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
         check_config(cfg)
     else:
         cfg = load_config(config, overrides)
+    if ckpt is not None:
+        _check_resume_keys(config, cfg, run_dir)
     t = cfg.train
     rank, world, local_rank = _setup_distributed(t.device)
     device = select_device(t.device, local_rank)
@@ -409,9 +448,17 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
     # ---- data ------------------------------------------------------------------------------------
     from ..data import TensorImageDataset, make_loader, open_dataset, portable_recipe, split_train_val
 
+    if cfg.data.path is not None and not str(cfg.data.path).strip():
+        # `--data ""` (an unset shell variable) must not quietly train on the bundled sample.
+        raise InputError("data.path is empty (--data \"\"?): give an image folder or CIFAR archive folder, "
+                         "or leave it out for the bundled sample")
     data_path = cfg.data.path or sample_data_dir()
     dataset = open_dataset(data_path, split="train", download=cfg.data.download,
                            allow_empty_classes=cfg.data.allow_empty_classes)
+    # The recipe describes its data by content, not by this machine's path (issue 18).
+    recipe = portable_recipe(cfg.to_dict(), dataset, cfg.data.path, sample_data_dir())
+    if ckpt is not None:
+        _check_resume_data(ckpt.get("meta") or {}, recipe, data_path, run_dir)
     if cfg.data.val_size > 0:
         train_ds, val_ds = split_train_val(dataset, val_size=cfg.data.val_size, seed=cfg.data.split_seed)
     else:
@@ -430,14 +477,28 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
             if val_ds is not None:
                 val_ds.info = shared
     info = train_ds.info
+    if val_ds is not None:
+        # Validated as the weights will be used: with the training part's mean and std, which
+        # data.limit (a subset of the training part) computes again.
+        val_ds.info = info
     micro = t.batch_size // (world * t.accumulate)
     if micro * world * t.accumulate != t.batch_size:
         raise ValueError(f"train.batch_size={t.batch_size} must be divisible by processes ({world}) x "
                          f"train.accumulate ({t.accumulate})")
     # In-memory small images augment whole batches (pad-crop, flip, cutout); folders of large images
     # go through DataLoader workers with torchvision transforms.
-    augment = ({"crop_padding": cfg.data.crop_padding, "cutout": cfg.data.cutout}
-               if isinstance(train_ds, TensorImageDataset) else {})
+    if isinstance(train_ds, TensorImageDataset):
+        augment = {"crop_padding": cfg.data.crop_padding, "cutout": cfg.data.cutout}
+    else:
+        defaults = DataConfig()
+        ignored = [f"data.{k}={getattr(cfg.data, k)}" for k in ("cutout", "crop_padding")
+                   if getattr(cfg.data, k) != getattr(defaults, k)]
+        if ignored:  # else they would be dropped: FolderLoader augments by random-resized crop and flip
+            raise InputError(f"{', '.join(ignored)}: the pad-and-crop and cutout augmentations work on small "
+                             f"images held in memory (CIFAR-sized, up to 64 px); {data_path} is read as a "
+                             f"folder of larger images, augmented by random-resized crops and flips. "
+                             f"Remove the key(s).")
+        augment = {}
     common = {"device": device, "seed": t.seed, "rank": rank, "world_size": world, "channels_last": t.channels_last}
     loader = make_loader(train_ds, micro, train=True, flip=cfg.data.flip, **augment, **common)
     val_loader = make_loader(val_ds, max(micro, 256), train=False, **common) if val_ds is not None else None
@@ -449,7 +510,7 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
     # ---- model, optimizer, schedule --------------------------------------------------------------
     torch.manual_seed(t.seed)
     model = create_model(cfg.model.name, num_classes=len(info.classes), weights=ft.weights, **cfg.model.kwargs)
-    if is_main:  # only now: bad data or model arguments must leave nothing behind (issue 15)
+    if is_main and resume is None:  # only now: bad data or model arguments must leave nothing behind (issue 15)
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
     unfreezer = None
@@ -491,11 +552,10 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
     source_kwargs = (getattr(raw_model, "pretrained_meta", None) or {}).get("model_kwargs") or {}
     model_kwargs = {k: v for k, v in {**source_kwargs, **cfg.model.kwargs}.items()
                     if k not in ("num_classes", "in_chans")}
-    # The recipe describes its data by content, not by this machine's path (issue 18).
     meta = {"model": cfg.model.name, "model_kwargs": model_kwargs, "classes": list(info.classes),
             "mean": list(info.mean), "std": list(info.std), "image_size": [3, *preprocessing.input_size],
             "preprocessing": preprocessing.to_metadata(),
-            "recipe": portable_recipe(cfg.to_dict(), dataset, cfg.data.path, sample_data_dir())}
+            "recipe": recipe}
     higher_better = t.best_metric.endswith(("top1", "top5"))
 
     # ---- state, restored when resuming -----------------------------------------------------------
@@ -518,7 +578,13 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
         if start_batch >= batches:
             start_epoch, start_batch = start_epoch + 1, 0
         del ckpt
-    saved_step = step if resume is not None else "none yet"  # of the last.pt on disk, for messages
+        if is_main:  # the overrides, once the state has loaded with them
+            cfg.save(run_dir / "config.yaml")
+    saved_step = step if resume is not None else None  # of the last.pt on disk, for messages
+
+    def last_good() -> str:
+        return (f"the last good state is {run_dir / 'last.pt'} (step {saved_step})" if saved_step is not None
+                else "no checkpoint had been written yet")
 
     def checkpoint(name: str, epoch: int, batch: int) -> None:
         nonlocal saved_step
@@ -569,9 +635,9 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
             bad = _first_nonfinite(raw_model, ema, world)
         if bad:
             raise NonFiniteStateError(
-                f"{bad} is not finite after {where}. Stopped without writing a checkpoint: the last good "
-                f"state is {run_dir / 'last.pt'} (step {saved_step}). Lower optim.lr or set train.grad_clip, "
-                f"then start again or resume from it.")
+                f"{bad} is not finite after {where}. Stopped without writing a checkpoint: {last_good()}. "
+                f"Lower optim.lr or set train.grad_clip, then start again"
+                f"{' or resume from it' if saved_step is not None else ''}.")
 
     epoch, batch_index, resume_at = start_epoch, start_batch, start_batch
     step_args = {"raw_model": raw_model, "ema": ema, "scaler": scaler, "autocast": autocast,
@@ -579,6 +645,8 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
     with _StopOnSignals() as stop:
         try:
             for epoch in range(start_epoch, epochs):
+                if step >= total_steps:  # a finished run resumed (one that ended mid-epoch): exports only
+                    break
                 loader.set_epoch(epoch)
                 if start_batch:
                     loader.load_state_dict({"epoch": epoch, "batch": start_batch})
@@ -602,7 +670,7 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
                             if not _first_nonfinite(raw_model, ema, world):
                                 checkpoint("last.pt", epoch, batch_index)
                             raise NonFiniteLossError(
-                                f"{exc}. Stopped; the last good state (step {saved_step}) is in {run_dir / 'last.pt'}. "
+                                f"{exc}. Stopped; {last_good()}. "
                                 f"Lower optim.lr, set train.grad_clip, or --set train.skip_nonfinite=true to "
                                 f"skip such batches.") from None
                         reporter.print(f"[yellow]skipping batch: {exc}[/]")
@@ -664,13 +732,20 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
                     break
                 if stop.requested:
                     raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            # Between steps the state is consistent (and was checked finite): save it where the next step would start.
-            checkpoint("last.pt", epoch, resume_at)
+        except KeyboardInterrupt as exc:
+            # Between steps the state is consistent (and was checked finite): save it where the next
+            # step would start. Not after a second signal: it may have come in the middle of a step.
+            at_once = isinstance(exc, _StopNow)
+            if not at_once:
+                checkpoint("last.pt", epoch, resume_at)
             reporter.close()
             if is_main:
                 how = {signal.SIGTERM: "terminated (SIGTERM)"}.get(stop.signum, "interrupted")
-                print(f"{how} at step {step}; resume with: resnets train --resume {run_dir}", flush=True)
+                if at_once:
+                    then = f"; resume with: resnets train --resume {run_dir}" if saved_step is not None else ""
+                    print(f"{how} at once in step {step + 1}, saving nothing from it; {last_good()}{then}", flush=True)
+                else:
+                    print(f"{how} at step {step}; resume with: resnets train --resume {run_dir}", flush=True)
             raise TrainingInterrupted(stop.signum) from None
         except BaseException:
             reporter.close()
