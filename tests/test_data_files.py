@@ -97,6 +97,51 @@ def test_odd_modes_become_rgb(corpus):
     assert rot[1, 2, 0] > 200 and rot[1, 2, 2] < 60 and rot[6, 2, 2] > 200 and rot[6, 2, 0] < 60
 
 
+def test_transparent_colour_is_composited_onto_white_like_alpha(tmp_path):
+    # PNG tRNS marks one colour transparent (here black, the right half); as for RGBA, LA and
+    # palette images, those pixels become white, not the colour they carry.
+    gray = Image.new("L", (4, 4), 0)
+    gray.paste(200, (0, 0, 2, 4))
+    gray.save(tmp_path / "gray.png", transparency=0)
+    rgb = Image.new("RGB", (4, 4), (0, 0, 0))
+    rgb.paste((200, 10, 10), (0, 0, 2, 4))
+    rgb.save(tmp_path / "rgb.png", transparency=(0, 0, 0))
+    deep = np.zeros((4, 4), np.uint16)
+    deep[:, :2] = 200 * 257
+    Image.fromarray(deep).save(tmp_path / "deep16.png", transparency=0)
+    for name, left in (("gray.png", (200, 200, 200)), ("rgb.png", (200, 10, 10)), ("deep16.png", (200, 200, 200))):
+        assert "transparency" in Image.open(tmp_path / name).info, name
+        pixels = np.asarray(load_image(tmp_path / name))
+        assert (pixels[:, :2] == left).all() and (pixels[:, 2:] == 255).all(), name
+
+
+def test_links_that_would_relabel_images_are_not_followed_and_broken_links_reported(real_folder, tmp_path):
+    root = tmp_path / "data"
+    for name, count in (("cat", 2), ("dog", 3)):
+        (root / name).mkdir(parents=True)
+        for i, src in enumerate(sorted((real_folder / name).iterdir())[:count]):
+            shutil.copyfile(src, root / name / f"{i}.jpg")
+    (root / "cat" / "up").symlink_to("..")  # the dataset root: every dog would become a cat
+    (root / "dog" / "cats").symlink_to("../cat")  # another class folder
+    (root / "cat" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    outside = tmp_path / "more_cats"
+    outside.mkdir()
+    shutil.copyfile(root / "cat" / "0.jpg", outside / "x.jpg")
+    (root / "cat" / "more").symlink_to(outside)  # a folder elsewhere is still followed
+
+    report = verify_folder(root, workers=1)
+    assert report["classes"] == {"cat": 3, "dog": 3}
+    reasons = {b["path"]: b["reason"] for b in report["bad_files"]}
+    assert set(reasons) == {str(root / "cat" / "up"), str(root / "dog" / "cats"), str(root / "cat" / "gone.jpg")}
+    assert "the dataset folder or a folder above it" in reasons[str(root / "cat" / "up")]
+    assert "class folder 'cat'" in reasons[str(root / "dog" / "cats")]
+    assert "broken link" in reasons[str(root / "cat" / "gone.jpg")]
+    with pytest.warns(BadImageWarning) as record:
+        ds = open_dataset(root, cache_dir=tmp_path / "cache")
+    assert sum(str(w.message).startswith("skipping") for w in record) == 3
+    assert ds.class_counts() == [3, 3] and len(ds.bad_files) == 3
+
+
 @pytest.mark.parametrize("name, reason", [("truncated.jpg", "truncated"), ("empty.jpg", "empty file"),
                                           ("notes.txt", "not an image"), ("fake.png", "not an image")])
 def test_bad_files_raise_naming_the_path(corpus, name, reason):

@@ -14,6 +14,7 @@ from torch import nn
 
 import resnets
 from resnets.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
+from resnets.errors import InputError
 from resnets.layers import SHORTCUTS, STEMS, PadShortcut
 from resnets.models.densenet import DenseNet, cifar_densenet
 from resnets.transfer import FeatureExtractor
@@ -234,6 +235,41 @@ def test_output_stride_uses_dilation():
     assert features.shape[-1] == 8
     assert model.layer4[1].conv2.dilation == (4, 4)
     assert model.feature_info[-1]["reduction"] == 8
+
+
+def test_output_stride_is_a_reachable_power_of_two():
+    # After the ImageNet stem (stride 4) 2 gave 4, and 12 gave 8, with nothing said.
+    for bad in (2, 12, 0):
+        with pytest.raises(InputError, match=rf"output_stride must be a power of two >= 4 .*got {bad}"):
+            resnets.create_model("resnet18", output_stride=bad)
+    assert resnets.create_model("resnet18", output_stride=4).feature_info[-1]["reduction"] == 4
+    # The CIFAR stem keeps the resolution: 1 and 2 are reachable there, 3 is not.
+    assert resnets.create_model("resnet20", output_stride=1).feature_info[-1]["reduction"] == 1
+    with pytest.raises(InputError, match=r"power of two >= 1 .*got 3"):
+        resnets.create_model("resnet20", output_stride=3)
+
+
+def test_plain_network_refuses_zero_init_last():
+    # A plain block has no identity to fall back on: every feature would be zero (a constant model).
+    with pytest.raises(InputError, match="zero_init_last=True needs residual blocks"):
+        resnets.create_model("plain20", zero_init_last=True)
+
+
+def test_num_classes_must_not_be_negative():
+    assert isinstance(resnets.create_model("resnet20", num_classes=0).fc, nn.Identity)  # 0: no classifier
+    for name in ("resnet20", "densenet_bc100_k12"):
+        with pytest.raises(InputError, match="num_classes must be >= 0 .*got -1"):
+            resnets.create_model(name, num_classes=-1)
+    with pytest.raises(InputError, match="num_classes must be >= 0"):
+        resnets.ResNet("basic", [1, 1, 1], widths=(16, 32, 64), stem="cifar", num_classes=-1)
+    with pytest.raises(InputError, match="num_classes must be >= 0"):
+        resnets.create_model("resnet20").reset_classifier(-1)
+
+
+def test_builder_value_errors_name_the_model_and_arguments():
+    # torch's own message ("dropout probability has to be between 0 and 1") names neither.
+    with pytest.raises(InputError, match=r"cannot build resnet20 with drop_rate=2: dropout probability"):
+        resnets.create_model("resnet20", drop_rate=2)
 
 
 def test_in_chans():

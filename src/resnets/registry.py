@@ -118,15 +118,22 @@ def create_model(
             source_classes = state[f"{entry.classifier}.weight"].shape[0]
     if num_classes is None:
         num_classes = source_classes if source_classes is not None else entry.num_classes
+    if num_classes < 0:  # every family reads num_classes <= 0 as "no classifier": -1 must not mean that
+        raise InputError(f"{name}: num_classes must be >= 0 (0: no classifier, features out); got {num_classes}")
+    where = f" (with model_kwargs from {weights})" if weights is not None and meta.get("model_kwargs") else ""
     try:
         model = entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except InputError as exc:  # our own checks name the argument already; say where it came from
+        if not where:
+            raise
+        raise InputError(f"cannot build {name}{where}: {exc}") from None
     except TypeError as exc:  # an argument the builder does not take: a message, not a traceback
-        where = f" (with model_kwargs from {weights})" if weights is not None and meta.get("model_kwargs") else ""
         raise InputError(f"cannot build {name}{where}: {exc}") from None
     except ValueError as exc:
-        if weights is not None and meta.get("model_kwargs"):
-            raise InputError(f"cannot build {name} with model_kwargs from {weights}: {exc}") from None
-        raise
+        # A value torch refuses deep inside a layer (drop_rate=2: "dropout probability has to be
+        # between 0 and 1, but got 2"): the message names the model and the arguments given.
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise InputError(f"cannot build {name}{where} with {given or 'its defaults'}: {exc}") from None
     if state is not None:
         import warnings
 

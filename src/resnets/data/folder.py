@@ -114,12 +114,27 @@ def resolve_split_dir(root: Path, split: str) -> Path:
 
 
 def list_files(root: Path, classes: list[str]) -> tuple[list[tuple[str, int]], list[BadFile]]:
-    """Every non-hidden file under each class folder (recursively, sorted), with its label.
+    """Every non-hidden file under each class folder (recursively, sorted), with its label, and
+    the entries that cannot be used, as bad files: broken links, and links to folders whose images
+    would take this class's label without being its images.
 
     Files without an image extension are still listed: the decoder decides, so a JPEG named
     ``.jfif`` is used and a stray ``notes.txt`` is reported rather than silently ignored.
     """
     samples: list[tuple[str, int]] = []
+    bad: list[BadFile] = []
+    root_real = os.path.realpath(root)
+    class_reals = {os.path.realpath(os.path.join(str(root), name)): name for name in classes}
+
+    def foreign(real: str, own: str) -> str | None:
+        """Why a linked folder must not be walked for class ``own``, or None."""
+        if os.path.commonpath([real, root_real]) == real:
+            # The root or above it: every class's images (a/up -> ..) would be relabelled ``own``.
+            return "the dataset folder or a folder above it"
+        for class_real, name in class_reals.items():
+            if name != own and os.path.commonpath([real, class_real]) == class_real:
+                return f"class folder {name!r}"
+        return None
 
     def walk(folder: str, label: int, seen: frozenset):
         with os.scandir(folder) as it:
@@ -127,15 +142,20 @@ def list_files(root: Path, classes: list[str]) -> tuple[list[tuple[str, int]], l
         for entry in entries:
             if entry.is_dir():
                 real = os.path.realpath(entry.path)
-                if real not in seen:  # a symlink loop must not recurse forever
+                if entry.is_symlink() and (why := foreign(real, classes[label])):
+                    bad.append(BadFile(entry.path, f"link to {why} ({real}), not followed: its images would be "
+                                                   f"labelled {classes[label]!r}"))
+                elif real not in seen:  # a symlink loop must not recurse forever
                     walk(entry.path, label, seen | {real})
             elif entry.is_file():
                 samples.append((entry.path, label))
+            elif entry.is_symlink():
+                bad.append(BadFile(entry.path, f"broken link: its target {os.readlink(entry.path)} cannot be opened"))
 
     for label, name in enumerate(classes):
         folder = os.path.join(str(root), name)
         walk(folder, label, frozenset({os.path.realpath(folder)}))
-    return samples, []
+    return samples, bad
 
 
 # --- decoding many files ----------------------------------------------------------------------

@@ -51,6 +51,11 @@ class BadFile:
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
+    if "transparency" in img.info and mode in ("P", "L", "1", "RGB", "I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # One colour (PNG tRNS of a grayscale or RGB image) or palette entries marked transparent:
+        # composited onto white like an alpha channel, not left as the colour it marks (often black).
+        img = _with_alpha(img)
+        mode = "RGBA"
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
@@ -68,15 +73,26 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         if arr.max(initial=0) <= 1.0:
             arr = arr * 255.0
         return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-        mode = "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
     # L, 1, P, CMYK (Pillow undoes Adobe's inverted CMYK JPEGs on open), YCbCr, LAB, HSV.
     return img.convert("RGB")
+
+
+def _with_alpha(img: Image.Image) -> Image.Image:
+    """RGBA of an image whose ``info["transparency"]`` marks its transparent colour or palette entries."""
+    if not img.mode.startswith("I"):
+        return img.convert("RGBA")  # Pillow applies the transparent colour / palette alpha
+    # Pillow cannot convert 16-bit grayscale to RGBA: compare with the transparent value at full
+    # depth, and scale the rest as any 16-bit image.
+    opaque = np.asarray(img) != img.info["transparency"]
+    plain = img.copy()
+    del plain.info["transparency"]
+    rgba = np.array(_to_rgb(plain).convert("RGBA"))
+    rgba[..., 3] = np.where(opaque, 255, 0)
+    return Image.fromarray(rgba, "RGBA")
 
 
 def decode_image(data: bytes, path="<bytes>") -> Image.Image:

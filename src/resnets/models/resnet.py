@@ -41,8 +41,9 @@ class ResNet(nn.Module):
         stride_in_1x1: the paper's v1 bottleneck (stride on the first 1x1) instead of v1.5.
         residual: ``False`` builds the plain counterpart (same layers, no shortcuts).
         zero_init_last: zero the last BN (last conv for v2) of every residual branch.
-        output_stride: 32 (ImageNet) / 8 (CIFAR) by default; smaller values replace the stride of the
-            last stages by dilation, for dense prediction (Chen et al. 2017, DeepLabV3).
+        output_stride: 32 (ImageNet) / 4 (CIFAR) by default; smaller powers of two, down to the
+            stem's stride, replace the stride of the last stages by dilation, for dense prediction
+            (Chen et al. 2017, DeepLabV3).
         drop_rate: dropout before the classifier; block_drop_rate: dropout inside blocks (WRN).
         block_args: further keyword arguments for every block, for block classes with arguments of
             their own (timm's ``block_args``): a new block keyword needs no edit here or in the
@@ -82,6 +83,13 @@ class ResNet(nn.Module):
             raise InputError(f"a ResNet has 3 (CIFAR) or 4 (ImageNet) stages; got layers={list(layers)}")
         if any(n < 1 for n in layers):
             raise InputError(f"every stage needs at least one block; got layers={list(layers)}")
+        if num_classes < 0:
+            raise InputError(f"num_classes must be >= 0 (0: no classifier, features out); got {num_classes}")
+        if zero_init_last and not residual:
+            # A plain block has no identity path to fall back on: zeroing its last BN zeroes its
+            # output, and so every feature the network computes (a constant model).
+            raise InputError("zero_init_last=True needs residual blocks; with residual=False (a plain network) "
+                             "it makes every block output zero")
         self.preact = block.preact
         self.num_classes = num_classes
         self.drop_rate = drop_rate
@@ -103,7 +111,16 @@ class ResNet(nn.Module):
         self.maxpool: nn.Module = parts.pool
         reduction *= parts.pool_stride
 
-        max_stride = output_stride or (reduction * 2 ** (len(layers) - 1))
+        # Each stage after the first halves the resolution; dilation can only undo those halvings,
+        # so an output stride is the stem's reduction times a power of two (not 2 after a stride-4
+        # stem, which gave 4, nor 12, which gave 8). One at or above the network's own dilates nothing.
+        own_stride = reduction * 2 ** (len(layers) - 1)
+        if output_stride is not None and (
+                isinstance(output_stride, bool) or not isinstance(output_stride, int) or output_stride < reduction
+                or output_stride & (output_stride - 1)):
+            raise InputError(f"output_stride must be a power of two >= {reduction} (the {stem!r} stem's stride; "
+                             f"{own_stride}, this network's own, dilates nothing); got {output_stride!r}")
+        max_stride = output_stride or own_stride
         in_channels, dilation = stem_width, 1
         self.stage_names: list[str] = []
         for index, (num_blocks, planes) in enumerate(zip(layers, widths)):
@@ -188,5 +205,7 @@ class ResNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (0: none)."""
+        if num_classes < 0:
+            raise InputError(f"num_classes must be >= 0 (0: no classifier, features out); got {num_classes}")
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()

@@ -98,7 +98,9 @@ def study_config(name: str, data: str | None, out_dir: Path, *, epochs: int, lim
     else:
         cfg.schedule.unit = "epoch"
         cfg.schedule.warmup = 1 if warmup is None else warmup
-        cfg.schedule.milestones = [max(1, epochs // 2), max(1, (3 * epochs) // 4)]
+        # A drop at the last epoch's end would change nothing (and the config refuses it): a
+        # one-epoch smoke run has none.
+        cfg.schedule.milestones = [m for m in (max(1, epochs // 2), max(1, (3 * epochs) // 4)) if m < epochs]
         cfg.train.epochs = epochs
     return cfg
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -88,7 +89,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     seed: int = 0
-    best_metric: str = "val_top1"  # val_top1 | val_loss | val_top5 | train_top1 | train_loss (top-k: fractions)
+    # val_top1 | val_loss | val_top5 | train_top1 | train_loss (top-k: fractions): what chooses best.pt.
+    # val_top1 with data.val_size=0 chooses nothing (no best.pt); another val_* metric is refused then.
+    best_metric: str = "val_top1"
     skip_nonfinite: bool = False  # skip a batch whose loss is NaN/inf instead of stopping
     sync_bn: bool = False  # SyncBatchNorm across processes (GPU only)
     freeze_bn: bool = False  # keep BatchNorm in eval mode (running statistics frozen; affine still trains)
@@ -168,7 +171,11 @@ def _yaml(text: str, where: str) -> Any:
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check/convert a YAML value to the field's type; YAML reads 1e-4 as a string, so floats are parsed."""
+    """Check/convert a YAML value to the field's type; YAML reads 1e-4 as a string, so floats are parsed.
+
+    Nothing is converted that would change its meaning: a fraction is not truncated to an int
+    (``train.epochs=2.5e0`` is not 2), a boolean is not a number (``data.val_size=false`` is not 0)
+    and only true/false (or yes/no, on/off, 1/0) is a boolean (``data.flip=2`` is not true)."""
     origin = getattr(hint, "__origin__", None)
     text = str(hint)
     if value is None:
@@ -177,18 +184,20 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         raise InputError(f"config key {key!r} cannot be null")
     try:
         if hint is bool:
-            if isinstance(value, str):
-                if value.lower() in ("true", "yes", "1", "on"):
-                    return True
-                if value.lower() in ("false", "no", "0", "off"):
-                    return False
-                raise ValueError
-            return bool(value)
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+                return False
+            raise InputError(f"config key {key!r}: expected true or false, got {value!r}")
         if hint is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(float(value)) if isinstance(value, str) else int(value)
+            return _whole_number(value, key)
         if hint is float:
+            if isinstance(value, bool):
+                raise InputError(f"config key {key!r}: expected a number, got {value!r}")
             return float(value)
         if hint is str or text == "str | None":
             return str(value)
@@ -203,10 +212,36 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 value = _yaml(value, f"config key {key!r}")
             if not isinstance(value, dict):
                 raise ValueError
-            return dict(value)
+            item = hint.__args__[1]
+            if item is Any:
+                return dict(value)
+            return {k: _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
+    except InputError:
+        raise
     except (TypeError, ValueError):
-        raise InputError(f"config key {key!r}: expected {text}, got {value!r}") from None
+        expected = hint.__name__ if isinstance(hint, type) else text
+        raise InputError(f"config key {key!r}: expected {expected}, got {value!r}") from None
     return value
+
+
+def _whole_number(value: Any, key: str) -> int:
+    """An int field's value: an int, or a float/string holding a whole finite number (3.0, "1e3")."""
+    if isinstance(value, bool):
+        raise InputError(f"config key {key!r}: expected a whole number, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"config key {key!r}: expected a whole number, got {value!r}") from None
+    if not math.isfinite(number) or not number.is_integer():
+        raise InputError(f"config key {key!r}: expected a whole number, got {value!r}")
+    return int(number)
 
 
 def _fill(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
@@ -266,7 +301,80 @@ def validate(config: Config) -> None:
         raise InputError("finetune.freeze/linear_probe/lr_mult/unfreeze_every need finetune.weights")
     if list(s.milestones) != sorted(s.milestones):
         raise InputError(f"schedule.milestones must be increasing; got {s.milestones}")
+    _check_schedule(config)
+    _check_validation_metrics(config)
+    _check_model_kwargs(config)
     check_device(t.device, "train.device")
+
+
+def _check_schedule(config: Config) -> None:
+    """Schedule keys that would have no effect (what each schedule reads: optim.Schedule.lr)."""
+    s, t = config.schedule, config.train
+    if s.name == "onecycle" and s.warmup:
+        raise InputError(f"schedule.warmup={s.warmup} has no effect with schedule.name=onecycle, whose warm-up is "
+                         f"schedule.pct_start (the fraction of training spent rising; now {s.pct_start}); "
+                         "remove schedule.warmup (or set it to 0)")
+    # The length of training in schedule.unit, where the config alone says it: train.steps wins
+    # over train.epochs, and the steps in an epoch depend on the data, which only the engine knows
+    # (an epoch-unit schedule of a run counted in steps is not checked here, nor the reverse).
+    if t.steps > 0 and s.unit == "step":
+        length, length_key = t.steps, "train.steps"
+    elif t.steps <= 0 and s.unit == "epoch":
+        length, length_key = t.epochs, "train.epochs"
+    else:
+        return
+    unit = f"schedule.unit={s.unit}"
+    if s.name == "multistep":
+        # A milestone at the length or after it would change the lr after the last step.
+        late = [m for m in s.milestones if m >= length]
+        if late:
+            raise InputError(f"schedule.milestones {late} are not before the end of training ({length_key}={length}, "
+                             f"{unit}): the lr would never change there; remove them or train longer")
+    if s.name != "onecycle" and s.warmup > length:
+        raise InputError(f"schedule.warmup={s.warmup} is longer than training ({length_key}={length}, {unit}): "
+                         "the lr would never reach optim.lr; shorten the warm-up or train longer")
+
+
+def _check_validation_metrics(config: Config) -> None:
+    """With data.val_size=0 nothing is validated, so a val_* metric is never computed: plateau
+    would never reduce the lr, and no best.pt would be chosen.
+
+    train.best_metric's default, val_top1, is exempt: every shipped recipe names it, and
+    ``--set data.val_size=0`` (train on every image) must keep working with them. It then selects
+    nothing (last.pt and final.safetensors are the result; see TrainConfig.best_metric). Another
+    val_* metric, or a plateau turned on (plateau_factor > 0) watching one, was asked for on
+    purpose, and is refused."""
+    d, t, s = config.data, config.train, config.schedule
+    if d.val_size > 0:
+        return
+    watched = s.plateau_metric or t.best_metric
+    if s.plateau_factor and watched.startswith("val_"):
+        named = (f"schedule.plateau_metric={watched}" if s.plateau_metric
+                 else f"schedule.plateau_metric (empty: train.best_metric={watched})")
+        raise InputError(f"{named} is never computed with data.val_size=0 (no images held out), so "
+                         f"schedule.plateau_factor={s.plateau_factor} would never reduce the lr; hold images out "
+                         "(data.val_size=N) or watch a training metric (schedule.plateau_metric=train_loss)")
+    if t.best_metric.startswith("val_") and t.best_metric != TrainConfig.best_metric:
+        raise InputError(f"train.best_metric={t.best_metric} is never computed with data.val_size=0 (no images held "
+                         "out), so no best.pt would be chosen; hold images out (data.val_size=N) or choose a "
+                         "training metric (train.best_metric=train_loss)")
+
+
+# create_model's own arguments, which the engine gives it: in model.kwargs they would clash with
+# them (num_classes: "got multiple values") or build a model that fails at the first step.
+_ENGINE_MODEL_ARGS = {
+    "num_classes": "the engine sets it to the number of classes in data.path",
+    "in_chans": "training images are decoded to 3-channel RGB, so the model takes 3 channels",
+    "weights": "start from weights with finetune.weights",
+    "features_only": "training needs the classifier",
+    "out_indices": "training needs the classifier",
+}
+
+
+def _check_model_kwargs(config: Config) -> None:
+    for name, reason in _ENGINE_MODEL_ARGS.items():
+        if name in config.model.kwargs:
+            raise InputError(f"model.kwargs.{name} cannot be set: {reason}; remove it from model.kwargs")
 
 
 # (key, lowest, highest, whether each end is allowed). Written as `lo <= v <= hi` tests that NaN
