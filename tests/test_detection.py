@@ -127,3 +127,24 @@ def test_nonfinite_detector_loss_stops_naming_the_step(sources):
         model.head.classification_head.cls_logits.weight.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match="loss is nan at detection training step 1"):
         train_detector(model, sources, 2, batch_size=2)
+
+
+def test_detector_normalises_as_its_backbone_weights_were_trained(tmp_path):
+    """``weights=FILE`` gave the detector ImageNet's mean/std whatever the file's preprocessing said."""
+    import resnets
+    from resnets.preprocessing import Preprocessing
+    from resnets.transfer.detection import detector
+    from resnets.weights_io import export_weights
+
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    path = tmp_path / "r18.safetensors"
+    export_weights(path, resnets.create_model("resnet18", num_classes=10).state_dict(),
+                   {"model": "resnet18", "classes": [str(i) for i in range(10)],
+                    "preprocessing": Preprocessing.whole_image((64, 64), mean, std).to_metadata()})
+    model = detector("fcos", "resnet18", weights=str(path), fpn_channels=32, head_convs=1)
+    assert model.transform.image_mean == list(mean) and model.transform.image_std == list(std)
+    # Given explicitly (as `resnets study detection` does): kept.
+    model = detector("fcos", "resnet18", weights=str(path), fpn_channels=32, head_convs=1, image_std=(0.5,) * 3)
+    assert model.transform.image_mean == list(mean) and model.transform.image_std == [0.5] * 3
+    scratch = detector("fcos", "resnet18", fpn_channels=32, head_convs=1)
+    assert scratch.transform.image_mean == [0.485, 0.456, 0.406]  # without weights: ImageNet's, torchvision's default

@@ -48,6 +48,51 @@ def test_pil_images_and_tensors_get_identical_inputs(cifar_train_dir):
     torch.testing.assert_close(prep.normalize(prep.resize(tensor[None]))[0], from_pil, rtol=0, atol=0)
 
 
+def test_an_elongated_image_is_refused_before_its_shorter_side_is_resized():
+    """Resizing the shorter side of a 1 x 2000 image to 36 made a 36 x 72000 intermediate (a 1 x
+    200000 PNG of 667 bytes: 1.1 GB at 36, terabytes at ImageNet's 256) for a 32 x 32 crop."""
+    from torchvision.transforms.v2 import functional as F
+
+    from resnets.preprocessing import ImageTooLargeError
+
+    prep = Preprocessing.center_crop(32, [0.5] * 3, [0.25] * 3, resize_size=36)
+    strip = Image.new("RGB", (2000, 1), (120, 30, 200))
+    assert prep.resized_size(1, 2000) == (36, 72000)
+    with pytest.raises(ImageTooLargeError, match=r"2000x1 image .* 72000x36 = 2592000 pixels .* limit is 1000000 "
+                                         r"\(resnets.preprocessing.MAX_RESIZED_PIXELS\)"):
+        prep.resize(strip, max_pixels=1_000_000)
+    with pytest.raises(ImageTooLargeError):
+        prep.check_size(1, 200_000)  # the default limit: 36 x 7.2M pixels
+    # Ordinary images, elongated ones within the limit included, get exactly what they got before.
+    rng = np.random.RandomState(0)
+    for h, w in ((48, 40), (40, 64), (3, 400)):
+        image = torch.from_numpy(rng.randint(0, 256, (3, h, w), dtype=np.uint8))
+        before = F.center_crop(F.resize(image, [36], antialias=True), [32, 32])
+        assert torch.equal(prep.resize(image, max_pixels=1_000_000), before)
+    whole = Preprocessing.whole_image((32, 32), [0.5] * 3, [0.25] * 3)  # a fixed size: no intermediate to bound
+    assert whole.resize(strip, max_pixels=1).shape == (3, 32, 32)
+
+
+def test_predict_and_features_name_an_image_too_elongated_for_the_resize(tmp_path):
+    # predict stops naming the file (it raised the limit's error without the file); features skips
+    # it with a warning, as it skips any bad image. A 1 x 20000 strip: 36 x 720000 pixels at 36.
+    from resnets.data.images import BadImageError
+    from resnets.pretrained import resolve
+    from resnets.train.evaluate import extract_features, predict
+    from resnets.weights_io import read_weights
+
+    state, meta = read_weights(resolve("resnet20", "cifar10"))
+    meta["preprocessing"] = Preprocessing.center_crop(32, meta["mean"], meta["std"], resize_size=36).to_metadata()
+    export_weights(tmp_path / "crop.safetensors", state, meta)
+    Image.new("RGB", (20000, 1), (120, 30, 200)).save(tmp_path / "strip.png")
+    Image.new("RGB", (40, 48), (20, 90, 10)).save(tmp_path / "ordinary.png")
+    with pytest.raises(BadImageError, match=r"strip.png: a 20000x1 image .*MAX_RESIZED_PIXELS"):
+        predict(tmp_path / "crop.safetensors", [tmp_path / "strip.png"])
+    with pytest.warns(UserWarning, match="skipped .*strip.png"):
+        features, paths = extract_features(tmp_path / "crop.safetensors", [tmp_path / "strip.png", tmp_path / "ordinary.png"])
+    assert paths == [str(tmp_path / "ordinary.png")] and features.shape == (1, 64)
+
+
 def test_the_folder_loaders_evaluation_transform_is_the_weights_preprocessing():
     info = DatasetInfo(["a", "b"], (0.5, 0.4, 0.3), (0.2, 0.2, 0.2), "test")
     transform = build_transforms(False, info, 96)

@@ -289,6 +289,29 @@ def test_pixel_limit_names_the_part_and_option(client):
     assert "big.png" in message and "5000x5000" in message and "--max-pixels" in message
 
 
+def test_an_image_whose_resize_exceeds_the_pixel_limit_is_413_before_decoding(tmp_path, monkeypatch):
+    """--max-pixels bounded the declared pixels only: with shorter-side resizing a 1 x 2000 PNG
+    became 36 x 72000 pixels before its crop (a 667-byte 1 x 200000 one, 1.1 GB)."""
+    from resnets.preprocessing import Preprocessing
+    from resnets.pretrained import resolve
+    from resnets.weights_io import export_weights, read_weights
+
+    state, meta = read_weights(resolve("resnet20", "cifar10"))
+    meta["preprocessing"] = Preprocessing.center_crop(32, meta["mean"], meta["std"], resize_size=36).to_metadata()
+    export_weights(tmp_path / "crop.safetensors", state, meta)
+    decoder = CountingDecoder(monkeypatch)
+    strip = encoded(Image.new("RGB", (2000, 1), (120, 30, 200)), "PNG")
+    ordinary = encoded(Image.fromarray(np.random.RandomState(0).randint(0, 256, (40, 48, 3), dtype=np.uint8)), "PNG")
+    with TestClient(create_app(str(tmp_path / "crop.safetensors"), model="resnet20", max_pixels=10**6)) as c:
+        r = c.post("/v1/predict", files=[("images", ("strip.png", strip, "image/png"))])
+        assert r.status_code == 413 and error_code(r) == "too_many_pixels", r.text
+        message = r.json()["error"]["message"]
+        assert "strip.png" in message and "72000x36" in message and "--max-pixels" in message
+        assert decoder.calls == 0
+        r = c.post("/v1/predict", files=[("images", ("ordinary.png", ordinary, "image/png"))])
+        assert r.status_code == 200, r.text
+
+
 @pytest.mark.parametrize("query", ["topk=0", "topk=11", "topk=abc", "topk=-1"])
 def test_bad_topk(client, real_images, query):
     r = client.post(f"/v1/predict?{query}", files=multipart([real_images[0][0]]))

@@ -217,6 +217,27 @@ def test_wrong_shape_datatype_or_name_is_400(triton, real_images, binary):
         assert expected[case] in exc.message(), (case, exc.message())
 
 
+def test_fp32_data_nested_other_than_its_shape_is_400(server):
+    """JSON data may be flat or nested as ``shape``; nested [1, 32, 32, 3] (NHWC) under shape
+    [1, 3, 32, 32] matched the count only and was answered 200 with wrong probabilities."""
+    pixels = np.random.RandomState(0).randint(0, 256, (32, 32, 3), dtype=np.uint8)
+    x = transforms_for("cifar10", model="resnet20")(Image.fromarray(pixels))[None].numpy()  # (1, 3, 32, 32)
+    url = f"http://{server[1]}/v2/models/resnet20/infer"
+
+    def infer(data):
+        body = {"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": data}]}
+        return httpx.post(url, json=body, timeout=30)
+
+    flat, nested = infer(x.flatten().tolist()), infer(x.tolist())
+    assert flat.status_code == nested.status_code == 200, (flat.text, nested.text)
+    assert flat.json()["outputs"] == nested.json()["outputs"]
+    for wrong in (x.transpose(0, 2, 3, 1), x.reshape(1, 3, 1024)):
+        r = infer(wrong.tolist())
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == (f"input 'input': 'data' is nested as {list(wrong.shape)} but the shape is "
+                                     "[1, 3, 32, 32]; nest it as the shape, or send it flat (row-major)")
+
+
 def test_bad_image_and_non_finite_input_are_400(triton, real_images):
     cut = real_images[0][0].read_bytes()[:200]
     tensor = httpclient.InferInput("image", [1], "BYTES")

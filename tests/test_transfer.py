@@ -282,6 +282,68 @@ def test_freeze_by_name_linear_probe_multipliers_and_gradual_unfreezing():
     assert unfreezer.step(10)[-1] == "conv1"
 
 
+def _trainable(model: nn.Module) -> set[str]:
+    return {k for k, p in model.named_parameters() if p.requires_grad}
+
+
+def test_fine_tuning_stages_are_the_models_own_on_a_densenet():
+    """A DenseNet's modules are features.* and classifier: the stages were ResNet names (conv1, fc),
+    so the engine's linear probe trained everything, linear_probe() nothing, and freezing 'conv1'
+    or its learning-rate factor did nothing, all silently."""
+    from resnets.transfer import set_trainable, stage_names
+
+    model = resnets.create_model("densenet_bc100_k12")
+    stages = stage_names(model)
+    assert stages[0] == "features.conv0" and stages[-1] == "classifier" and "features.denseblock3" in stages
+    everything = {k for k, _ in model.named_parameters()}
+    set_trainable(model, stages[:-1], False)  # the engine's linear probe
+    assert _trainable(model) == {"classifier.weight", "classifier.bias"}
+    set_trainable(model, stages, True)
+    assert _trainable(model) == everything
+    with pytest.raises(ValueError, match=r"unknown stage 'conv1': DenseNet has the stages features\.conv0, .*classifier"):
+        freeze(model, "conv1")
+    assert freeze(model, "stem, features.denseblock1") > 0
+    assert {k.rsplit(".", 1)[0].split(".")[1] for k in everything - _trainable(model)} == {"conv0", "denseblock1"}
+
+    probe = resnets.create_model("densenet_bc100_k12")
+    linear_probe(probe)
+    assert _trainable(probe) == {"classifier.weight", "classifier.bias"}
+
+    factors = lr_multipliers(model, {"stem": 0.1, "features.denseblock1": 0.5})
+    assert factors["features.conv0.weight"] == 0.1 and factors["features.denseblock1.denselayer3.conv2.weight"] == 0.5
+    assert factors["features.transition1.conv.weight"] == factors["classifier.bias"] == 1.0
+
+    fresh = resnets.create_model("densenet_bc100_k12")
+    freeze(fresh, "stem")
+    unfreezer = GradualUnfreezer(fresh, every=1, frozen=["stem"])
+    assert unfreezer.step(1) == ["classifier", "features.norm5"]
+    assert _trainable(unfreezer.model) == {"classifier.weight", "classifier.bias", "features.norm5.weight",
+                                           "features.norm5.bias"}
+
+
+def test_one_name_parser_strips_names_and_maps_stem_everywhere():
+    """'stem' was accepted but ignored by lr_multipliers and GradualUnfreezer (which then thawed the
+    stem), and 'conv1, layer1' (a space after the comma) froze layer1 but let the unfreezer thaw it."""
+    from resnets.transfer import set_trainable
+
+    model = resnets.create_model("resnet20")
+    factors = lr_multipliers(model, {"stem": 0.1, " layer1 ": 0.5})
+    assert factors["conv1.weight"] == factors["bn1.bias"] == 0.1 and factors["layer1.0.conv1.weight"] == 0.5
+    with pytest.raises(ValueError, match="two factors"):
+        lr_multipliers(model, {"stem": 0.1, "conv1": 0.2})
+
+    set_trainable(model, ["stem"], False)
+    GradualUnfreezer(model, 1, frozen=["stem"]).step(10)
+    assert not model.conv1.weight.requires_grad and not model.bn1.weight.requires_grad
+    assert model.layer1[0].conv1.weight.requires_grad
+
+    model = resnets.create_model("resnet20")
+    set_trainable(model, "conv1, layer1", False)
+    assert GradualUnfreezer(model, 1, frozen="conv1, layer1").step(10) == ["fc", "layer3", "layer2"]
+    assert not model.conv1.weight.requires_grad and not model.layer1[0].conv1.weight.requires_grad
+    assert model.layer2[0].conv1.weight.requires_grad
+
+
 def test_features_command_writes_embeddings_and_file_list(cifar_train_dir, tmp_path):
     import numpy as np
 

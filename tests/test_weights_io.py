@@ -211,3 +211,20 @@ def test_repeated_or_empty_class_names_are_refused_naming_the_file(tmp_path, cla
     export_weights(path, resnets.create_model("resnet20").state_dict(), {"model": "resnet20", "classes": classes})
     with pytest.raises(WeightsError, match=f"{path}: metadata 'classes' must be .*distinct, non-empty"):
         read_weights(path)
+
+
+def test_a_pth_without_batch_norm_step_counters_loads_as_torch_strict_load_does(tmp_path):
+    """Checkpoints older than PyTorch 0.4.1 (and many converted ones) have no
+    ``*.num_batches_tracked``; torch's strict ``load_state_dict`` takes them, and so must we,
+    keeping the model's own counters."""
+    source = resnets.create_model("resnet20", weights="cifar10").eval()
+    state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(state) < len(source.state_dict())
+    torch.save(state, tmp_path / "old.pth")
+    torch.nn.Module.load_state_dict(resnets.create_model("resnet20"), state, strict=True)  # torch's own verdict
+    model = resnets.create_model("resnet20", weights=str(tmp_path / "old.pth")).eval()
+    assert model.load_report.ok and model.load_report.missing == []
+    assert int(model.bn1.num_batches_tracked) == 0
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), source(x))

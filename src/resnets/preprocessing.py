@@ -37,6 +37,12 @@ CROPS = ("center", "none")
 # side to 256/224 of the crop, then centre-crop the training size.
 RESIZE_RATIO = 256 / 224
 
+# The most pixels the resize step may make, before the crop. Resizing the shorter side to S makes
+# an S x (S * aspect) image: for a 1 x 200000 PNG (667 bytes) and S = 256, 256 x 51,200,000 pixels
+# (39 GB of uint8), though the crop keeps S x S of it. No ordinary photograph comes near the limit
+# (at S = 256 it takes an aspect ratio past 256:1); `resnets serve` uses its --max-pixels instead.
+MAX_RESIZED_PIXELS = 4096 * 4096
+
 HOW_TO_SUPPLY = ("weights written by `resnets train` carry it; for other files pass --mean R G B --std R G B "
                  "where the command takes them, or write the record with resnets.weights_io.export_weights(path, "
                  "state_dict, {'preprocessing': Preprocessing(...).to_metadata(), ...})")
@@ -44,6 +50,10 @@ HOW_TO_SUPPLY = ("weights written by `resnets train` carry it; for other files p
 
 class PreprocessingError(InputError):
     """Weights without (part of) the preprocessing record; the message names the key."""
+
+
+class ImageTooLargeError(InputError):
+    """An image whose resize step would make more than the pixel limit (see ``MAX_RESIZED_PIXELS``)."""
 
 
 @dataclass(frozen=True)
@@ -141,12 +151,37 @@ class Preprocessing:
 
     # ---- application -----------------------------------------------------------------------------
 
-    def resize(self, image) -> Tensor:
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) of a ``height`` x ``width`` image after the resize step, before the crop
+        (torchvision's rule: the shorter side to S, the longer in proportion, truncated)."""
+        if len(self.resize_size) == 2:
+            return self.resize_size[0], self.resize_size[1]
+        short, long = sorted((height, width))
+        resized = (self.resize_size[0], int(self.resize_size[0] * long / max(short, 1)))
+        return resized if height <= width else resized[::-1]
+
+    def check_size(self, height: int, width: int, max_pixels: int = MAX_RESIZED_PIXELS,
+                   limit_name: str = "resnets.preprocessing.MAX_RESIZED_PIXELS") -> None:
+        """Raise :class:`ImageTooLargeError` when the resize step would make more than ``max_pixels``
+        (called ``limit_name`` in the message) of a ``height`` x ``width`` image: with the size read
+        from a header, it refuses an image before decoding it."""
+        if len(self.resize_size) == 2:  # a fixed size, the weights' own: no image makes it larger
+            return
+        h, w = self.resized_size(height, width)
+        if h * w > max_pixels:
+            raise ImageTooLargeError(f"a {width}x{height} image with its shorter side resized to {self.resize_size[0]} "
+                                     f"would be {w}x{h} = {w * h} pixels before the centre crop; the limit is "
+                                     f"{max_pixels} ({limit_name}): crop the image nearer to square first")
+
+    def resize(self, image, max_pixels: int = MAX_RESIZED_PIXELS,
+               limit_name: str = "resnets.preprocessing.MAX_RESIZED_PIXELS") -> Tensor:
         """uint8 at ``input_size``: a PIL image or (H, W, 3) array gives (3, H, W); a uint8 tensor
-        (3, H, W) or (N, 3, H, W) keeps its leading dimensions."""
+        (3, H, W) or (N, 3, H, W) keeps its leading dimensions. An image whose resize step would make
+        more than ``max_pixels`` raises :class:`ImageTooLargeError` (:meth:`check_size`)."""
         from torchvision.transforms.v2 import functional as F
 
         x = _as_uint8_tensor(image)
+        self.check_size(x.shape[-2], x.shape[-1], max_pixels, limit_name)
         x = F.resize(x, list(self.resize_size), interpolation=F.InterpolationMode(self.interpolation), antialias=True)
         if self.crop == "center":
             x = F.center_crop(x, list(self.input_size))

@@ -484,7 +484,11 @@ def load_into(
             report.mismatched.append((key, tuple(value.shape), tuple(target[key].shape)))
         elif target[key].is_floating_point() and not value.is_floating_point():
             report.wrong_kind.append((key, str(value.dtype).removeprefix("torch."), str(target[key].dtype).removeprefix("torch.")))
-    report.missing = [k for k in target if k not in state and k not in report.reinitialized]
+    # Batch-norm's step counter came with PyTorch 0.4.1: older and converted checkpoints lack it,
+    # and torch's own strict load_state_dict keeps the model's value then (it only counts steps
+    # for momentum=None), so its absence is not a missing weight.
+    report.missing = [k for k in target if k not in state and k not in report.reinitialized
+                      and not k.endswith(".num_batches_tracked")]
     if strict and not report.ok:
         raise WeightsError(f"weights do not fit {type(model).__name__}:\n{report}")
     wrong = {k for k, _, _ in report.wrong_kind}

@@ -32,7 +32,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from ..data.images import BadImageError, decode_with_mode
-from ..preprocessing import Preprocessing
+from ..preprocessing import ImageTooLargeError, Preprocessing
 from .errors import ApiError, overloaded
 
 
@@ -204,9 +204,10 @@ def _label(field: str, i: int, filename: str | None, single: bool) -> str:
     return f"{where} ({filename})" if filename else where
 
 
-def check_pixels(upload: Upload, max_pixels: int) -> int:
+def check_pixels(upload: Upload, max_pixels: int, preprocessing: Preprocessing | None = None) -> int:
     """The pixels the header declares (0 for what is not an image: decoding reports it); 413 when
-    more than ``max_pixels``. Nothing is decoded here."""
+    more than ``max_pixels``, or when ``preprocessing``'s resize would make more (a 667-byte 1 x
+    200000 PNG, its shorter side resized to 256, is 13 gigapixels). Nothing is decoded here."""
     try:
         with Image.open(io.BytesIO(upload.data)) as img:
             width, height = img.size
@@ -217,14 +218,24 @@ def check_pixels(upload: Upload, max_pixels: int) -> int:
     if width * height > max_pixels:
         raise ApiError(413, "too_many_pixels", f"{upload.label}: {width}x{height} = {width * height} pixels; "
                                                f"the limit is {max_pixels} (--max-pixels)")
+    if preprocessing is not None:
+        try:
+            preprocessing.check_size(height, width, max_pixels, "--max-pixels")
+        except ImageTooLargeError as exc:
+            raise _resized_too_large(upload, exc) from None
     return width * height
 
 
-def check_request_pixels(found: list[Upload], max_pixels: int, max_request_pixels: int | None) -> int:
+def _resized_too_large(upload: Upload, exc: ImageTooLargeError) -> ApiError:
+    return ApiError(413, "too_many_pixels", f"{upload.label}: {exc}")
+
+
+def check_request_pixels(found: list[Upload], max_pixels: int, max_request_pixels: int | None,
+                         preprocessing: Preprocessing | None = None) -> int:
     """Every header read, each image and their sum checked, before the first is decoded."""
     total = 0
     for upload in found:
-        total += check_pixels(upload, max_pixels)
+        total += check_pixels(upload, max_pixels, preprocessing)
         if max_request_pixels is not None and total > max_request_pixels:
             raise ApiError(413, "too_many_pixels", f"the images of this request declare more than {total} pixels "
                                                    f"(by {upload.label}); the limit per request is "
@@ -233,12 +244,15 @@ def check_request_pixels(found: list[Upload], max_pixels: int, max_request_pixel
 
 
 def decode(upload: Upload, preprocessing: Preprocessing, max_pixels: int) -> Decoded:
-    check_pixels(upload, max_pixels)
+    check_pixels(upload, max_pixels, preprocessing)
     try:
         image, mode = decode_with_mode(upload.data, upload.label)
     except BadImageError as exc:
         raise ApiError(400, "bad_image", f"{upload.label}: {exc.reason}") from None
-    array = preprocessing.resize(image).permute(1, 2, 0).numpy()
+    try:
+        array = preprocessing.resize(image, max_pixels, "--max-pixels").permute(1, 2, 0).numpy()
+    except ImageTooLargeError as exc:  # the header checked above said otherwise
+        raise _resized_too_large(upload, exc) from None
     return Decoded(upload, image.width, image.height, mode, array)
 
 
@@ -247,7 +261,7 @@ def decode_all(found: list[Upload], preprocessing: Preprocessing, max_pixels: in
     """Every upload decoded (runs in a worker thread: decoding is CPU work). ``stop`` is looked at
     before each image: a request past its deadline, or whose client left, costs at most the image
     being decoded (itself bounded by ``max_pixels``)."""
-    check_request_pixels(found, max_pixels, max_request_pixels)
+    check_request_pixels(found, max_pixels, max_request_pixels, preprocessing)
     out = []
     for upload in found:
         if stop is not None and stop.is_set():

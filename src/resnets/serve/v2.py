@@ -171,6 +171,12 @@ def _floats(data, name: str, shape: list[int], count: int) -> np.ndarray:
         raise bad(f"input {name!r}: 'data' must hold numbers only")
     if x.size != count:
         raise bad(f"input {name!r}: {x.size} values for shape {shape} ({count})")
+    # The protocol takes the data flat (row-major) or nested as the shape itself. Nested any other
+    # way, the count alone matched: images nested [N, H, W, C] under shape [N, 3, H, W] were read as
+    # NCHW and answered 200 with wrong probabilities.
+    if x.ndim > 1 and list(x.shape) != shape:
+        raise bad(f"input {name!r}: 'data' is nested as {list(x.shape)} but the shape is {shape}; nest it as "
+                  "the shape, or send it flat (row-major)")
     return x.astype(np.float32).reshape(shape)
 
 

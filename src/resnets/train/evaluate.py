@@ -195,12 +195,17 @@ def _image_batches(files: list[Path], prep: Preprocessing, batch_size: int, devi
 
     from ..data import load_image
     from ..data.images import BadImageError
+    from ..preprocessing import ImageTooLargeError
 
     for start in range(0, len(files), batch_size):
         chunk, arrays = [], []
         for path in files[start:start + batch_size]:
             try:
-                arrays.append(prep.resize(load_image(path)))
+                image = load_image(path)
+                try:
+                    arrays.append(prep.resize(image))
+                except ImageTooLargeError as exc:  # named by its file, and skipped like a bad one where asked
+                    raise BadImageError(path, str(exc)) from None
             except BadImageError as exc:
                 if not skip_bad:
                     raise

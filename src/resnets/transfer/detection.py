@@ -30,11 +30,13 @@ from torch import nn
 from ..errors import InputError
 
 DETECTORS = {"fasterrcnn": "two-stage", "fcos": "one-stage", "retinanet": "one-stage"}
+# torchvision's detectors' own normalisation: for a backbone trained on ImageNet, or from scratch.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def detector(kind: str, backbone: str = "resnet18", num_classes: int = 11, *, image_size: int = 64,
              weights: str | None = None, fpn_channels: int = 128, head_convs: int = 2,
-             image_mean: Sequence[float] = (0.485, 0.456, 0.406), image_std: Sequence[float] = (0.229, 0.224, 0.225),
+             image_mean: Sequence[float] | None = None, image_std: Sequence[float] | None = None,
              score_thresh: float = 0.05, detections_per_img: int = 100, trainable_layers: int | None = None,
              **backbone_kwargs) -> nn.Module:
     """A torchvision ``FasterRCNN``, ``FCOS`` or ``RetinaNet`` on ``fpn_backbone(backbone)``.
@@ -42,6 +44,8 @@ def detector(kind: str, backbone: str = "resnet18", num_classes: int = 11, *, im
     ``num_classes`` counts the background (torchvision's convention: labels 1..num_classes-1).
     ``score_thresh`` 0.05 keeps the low-scoring detections COCO's mAP needs for its whole
     precision-recall curve (FCOS's own default, 0.2, would cut it short).
+    ``image_mean``/``image_std`` default to the normalisation ``weights`` were trained with (their
+    preprocessing record), else ImageNet's.
     """
     if kind not in DETECTORS:
         raise InputError(f"unknown detector {kind!r}; choose one of {', '.join(DETECTORS)}")
@@ -52,6 +56,10 @@ def detector(kind: str, backbone: str = "resnet18", num_classes: int = 11, *, im
                          f"1 <= head_convs <= 4; got {image_size}, {fpn_channels}, {head_convs}")
     if trainable_layers is None:
         trainable_layers = 5 if weights is None else 3  # from scratch every layer learns
+    if image_mean is None or image_std is None:
+        mean, std = _normalization(backbone, weights)
+        image_mean = mean if image_mean is None else image_mean
+        image_std = std if image_std is None else image_std
     common = {"min_size": image_size, "max_size": image_size, "image_mean": list(image_mean),
               "image_std": list(image_std)}
     if kind == "fasterrcnn":
@@ -59,6 +67,20 @@ def detector(kind: str, backbone: str = "resnet18", num_classes: int = 11, *, im
                             detections_per_img, common, backbone_kwargs)
     return _one_stage(kind, backbone, num_classes, weights, trainable_layers, fpn_channels, head_convs,
                       score_thresh, detections_per_img, common, backbone_kwargs)
+
+
+def _normalization(backbone: str, weights: str | None) -> tuple[Sequence[float], Sequence[float]]:
+    """The weights' own mean and std: the backbone must see pixels normalised as in its training
+    (ImageNet's statistics on a CIFAR-trained backbone shift and rescale every input)."""
+    if weights is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    from ..preprocessing import PreprocessingError, transforms_for
+
+    try:
+        preprocessing = transforms_for(weights, model=backbone)
+    except PreprocessingError:  # a torchvision or timm state dict: trained on ImageNet, without a record
+        return IMAGENET_MEAN, IMAGENET_STD
+    return preprocessing.mean, preprocessing.std
 
 
 def _faster_rcnn(backbone, num_classes, weights, trainable_layers, channels, score_thresh, detections_per_img,
