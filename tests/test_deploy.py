@@ -38,6 +38,7 @@ from resnets.deploy import (
     sparsity,
     to_channels_last,
 )
+from resnets.errors import InputError
 from resnets.preprocessing import Preprocessing
 from resnets.pretrained import RECORDS
 
@@ -325,6 +326,24 @@ def test_structured_pruning_of_trained_option_a_model_then_fine_tune(trained, ci
     tuned_acc = acc(pruned)
     print(f"\npruned 50% of inner channels: {acc(trained):.1f}% -> {pruned_acc:.1f}% -> fine-tuned {tuned_acc:.1f}%")
     assert tuned_acc > 20
+
+
+def test_structured_pruning_at_high_ratios_follows_the_request():
+    """torch-pruning skips a layer whose rounded count would remove all its channels: the shipped
+    resnet20 lost 90% of its parameters at ratio 0.95 and none at 0.99 (the saved file unchanged).
+    Each layer now keeps at least one channel, so a higher ratio never prunes less, and says so."""
+    model = load_model("resnet20", "cifar10").model
+    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    with pytest.warns(UserWarning, match="pruning ratio 0.99 would leave no channel in 9 layer"):
+        at_99 = prune_structured(model, 0.99, torch.randn(1, 3, 32, 32))
+    # 97.2% fewer: all that can go while the residual stream keeps its widths (0.95 gives 94.9%).
+    assert params(at_99) < 0.03 * params(model)
+    # Every block's inner conv keeps one channel at 0.99: the residual stream (option A) is untouched.
+    assert {b.conv1.out_channels for s in (at_99.layer1, at_99.layer2, at_99.layer3) for b in s} == {1}
+    assert at_99(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # Global ranking cannot be capped per layer: a result short of the request is refused, not returned.
+    with pytest.raises(InputError, match="global pruning at ratio 0.99 removed only"):
+        prune_structured(model, 0.99, torch.randn(1, 3, 32, 32), global_pruning=True)
 
 
 def test_unstructured_pruning_zeros_smallest_weights_and_fine_tune_keeps_them(trained, cifar):

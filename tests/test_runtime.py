@@ -227,6 +227,27 @@ def test_a_static_batch_onnx_file_runs_any_batch(exported, images, tmp_path):
         torch.testing.assert_close(static(x[:n]), dynamic(x[:n]), atol=1e-5, rtol=1e-5)
 
 
+def test_a_static_batch_onnx_file_runs_any_batch_on_openvino(exported, tmp_path):
+    """OpenVINO refused any batch but the one a static-batch ONNX file fixes, with its own RuntimeError
+    traceback (onnxruntime's runner already took any batch)."""
+    static = open_backend(edited_onnx(exported["onnx"], tmp_path / "static.onnx", fixed_batch=2), "openvino")
+    dynamic = open_backend(exported["onnx"], "openvino")
+    x = torch.randn(5, 3, 32, 32)
+    for n in (0, 1, 2, 5):
+        torch.testing.assert_close(static(x[:n]), dynamic(x[:n]), atol=1e-5, rtol=1e-5)
+
+
+def test_metadata_whose_input_size_disagrees_with_the_graph_is_named(exported, tmp_path):
+    """A file whose preprocessing says 64x64 on a 32x32 graph gave onnxruntime's (or OpenVINO's) raw
+    error from the probe run, naming neither the file nor the sizes."""
+    prep = dict(read_file_metadata(exported["onnx"])["preprocessing"], input_size=[64, 64], resize_size=[64, 64])
+    bad = edited_onnx(exported["onnx"], tmp_path / "meta64.onnx", metadata={"preprocessing": json.dumps(prep)})
+    for backend in ("onnxruntime", "openvino"):
+        with pytest.raises(InputError, match="meta64.onnx: its metadata's preprocessing gives 64x64 inputs, but the "
+                                             "model takes 32x32"):
+            open_backend(bad, backend)
+
+
 def test_a_static_batch_pt2_file_runs_any_batch(static_pt2):
     """As the ONNX file above: the exported program's guard refused any batch but its own 2
     ("Guard failed: x.size()[0] == 2"), so predict with one image or eval's odd last batch failed."""

@@ -252,8 +252,16 @@ def _exported(kind: str, path: Path, meta: dict[str, Any], model: str | None, ru
     # One run tells the class count: the names must match it, or predictions get another class's
     # name (or none: an index past the list) and eval's count check compares the list with itself.
     # A batch of 2: what `resnets export --static-batch` fixes it to (api.py's example).
-    size = preprocessing.input_size if preprocessing else model_entry(name).input_size[1:]
-    outputs = run(torch.zeros(2, 3, *size)).shape[1]
+    size = tuple(preprocessing.input_size) if preprocessing else tuple(model_entry(name).input_size[1:])
+    graph_size = getattr(run, "input_size", None)
+    if graph_size is not None and graph_size != size:
+        raise InputError(f"{path.name}: its metadata's preprocessing gives {size[0]}x{size[1]} inputs, but the model "
+                         f"takes {graph_size[0]}x{graph_size[1]}; the file's metadata does not match its graph")
+    try:
+        outputs = run(torch.zeros(2, 3, *size)).shape[1]
+    except Exception as exc:  # the runtimes' own errors (onnxruntime's, OpenVINO's, a guard's) name no file
+        raise InputError(f"{path.name}: the model does not run on {size[0]}x{size[1]} inputs, the size its metadata "
+                         f"gives ({type(exc).__name__}: {str(exc).strip()[:300]})") from exc
     if classes is None:
         classes = [str(i) for i in range(outputs)]
     elif len(classes) != outputs:
@@ -307,7 +315,8 @@ def run_pt2(path: str | Path, device: str | torch.device = "cpu") -> Callable[[T
     # The input's batch: an int for `resnets export --static-batch` (the program's guard refuses any
     # other), else a symbol.
     user_input = program.graph_signature.user_inputs[0]
-    batch = next(n for n in program.graph.nodes if n.name == user_input).meta["val"].shape[0]
+    dims = next(n for n in program.graph.nodes if n.name == user_input).meta["val"].shape
+    batch = dims[0]
 
     def run_program(x: Tensor) -> Tensor:
         with torch.no_grad():
@@ -315,6 +324,7 @@ def run_pt2(path: str | Path, device: str | torch.device = "cpu") -> Callable[[T
 
     run = _any_batch(run_program, batch if isinstance(batch, int) else None)
     run.runtime = f"torch {torch.__version__} (torch.export program)"
+    run.input_size = _static_size(dims)
     run.metadata = metadata
     return run
 
@@ -326,10 +336,16 @@ def _load_pt2(path: Path):
     return program, _decoded(json.loads(extra[PT2_EXTRA])) if extra[PT2_EXTRA] else {}
 
 
+def _static_size(dims) -> tuple[int, int] | None:
+    """(H, W) of an (N, C, H, W) input shape when both are fixed numbers (a symbol or name: None)."""
+    hw = tuple(dims)[2:] if len(dims) == 4 else ()
+    return hw if len(hw) == 2 and all(isinstance(d, int) for d in hw) else None
+
+
 def _any_batch(run: Callable[[Tensor], Tensor], fixed: int | None) -> Callable[[Tensor], Tensor]:
     """``run`` for an exported file that takes only a batch of ``fixed`` (``resnets export
     --static-batch``; None: any batch, ``run`` itself), made to take any batch: onnxruntime and a
-    ``.pt2`` program refuse any other (OpenVINO takes it). Chunks of ``fixed``, the last padded with
+    ``.pt2`` program refuse any other, and so does OpenVINO. Chunks of ``fixed``, the last padded with
     zeros (eval mode: rows do not affect each other), the padding's rows dropped."""
     if fixed is None:
         return run
@@ -367,6 +383,7 @@ def run_onnxruntime(path: str | Path, threads: int | None = None) -> Callable[[T
 
     run = _any_batch(run_session, batch if isinstance(batch, int) else None)
     run.runtime = f"onnxruntime {ort.__version__}, CPUExecutionProvider"
+    run.input_size = _static_size(session.get_inputs()[0].shape)
     return run
 
 
@@ -386,11 +403,16 @@ def run_openvino(path: str | Path, threads: int | None = None) -> Callable[[Tens
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(path)), "CPU", openvino_config(threads))
     request = compiled.create_infer_request()
+    shape = compiled.input(0).get_partial_shape()
+    batch = shape[0].get_length() if shape.rank.is_static and shape[0].is_static else None
 
-    def run(x: Tensor) -> Tensor:
+    def run_request(x: Tensor) -> Tensor:
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         # The request's output buffer is reused by the next call: copy it out.
         return torch.from_numpy(request.infer({0: array})[0].copy())
 
+    run = _any_batch(run_request, batch)
     run.runtime = f"OpenVINO {ov.get_version().split('-')[0]}, CPU plugin, fp32"
+    if shape.rank.is_static:
+        run.input_size = _static_size([d.get_length() if d.is_static else None for d in shape])
     return run

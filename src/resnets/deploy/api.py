@@ -183,6 +183,8 @@ def export_model(model: str | None, weights: str | Path | None = None, *, out: s
     fmt = format or SUFFIX_FORMATS.get(Path(out).suffix.lower())
     if fmt is None:
         raise InputError(f"cannot tell the format from {str(out)!r}; pass --format onnx|openvino|torchscript|pt2")
+    if check and fmt in CHECKED and check_images < 1:
+        raise InputError(f"--check-images: the check needs at least one image; got {check_images} (or pass --no-check)")
     shape = loaded.input_size if not size else (loaded.input_size[0], size, size)
     if loaded.preprocessing is None and not (choice.mean or choice.std):
         prep, source = None, ""  # exported all the same; the file carries no preprocessing to serve it by
@@ -208,9 +210,10 @@ def export_model(model: str | None, weights: str | Path | None = None, *, out: s
             report.split = split.to_dict()
         else:
             inputs, what = torch.randn(check_images, *shape), f"{check_images} random inputs (no --data)"
-        if not dynamic_batch:  # the file accepts only the example's batch of 2
-            inputs = inputs[: len(inputs) // 2 * 2]
-        # Batches of 50 on purpose: a shorter last batch exercises the dynamic batch dimension.
+        # Batches of 50 on purpose: a shorter last batch exercises the dynamic batch dimension. A static
+        # file takes only the example's batch of 2: its runner (resnets.runtime._any_batch) runs any batch
+        # in padded chunks of 2, as predict and eval run it, so every requested image is checked (trimming
+        # to an even count left --check-images 1 with none, and a ZeroDivisionError after the file was written).
         parity = compare(loaded.model, load_exported(path, fmt), inputs, batch_size=50 if dynamic_batch else 2)
         report.check = {"runtime": CHECKED[fmt], **parity.to_dict(), "inputs": what}
     for note in report.notes:
@@ -292,6 +295,7 @@ def quantize_model(model: str | None, weights: str | Path | None = None, *,
     """int8 static quantization (PT2E, or the FX fallback with ``method="fx"``; QAT with ``qat_epochs``,
     through FX) calibrated on the split's training part, top-1 before and after on its held-out part,
     latency of both; ``out`` saves the int8 model (PT2E: ``.pt2``, FX: TorchScript ``.pt``)."""
+    from .export import dynamic_example
     from .quantize import compare_accuracy, quantize_aware_train, quantize_int8, resolve_method
 
     flow = "fx" if qat_epochs else resolve_method(method)
@@ -327,11 +331,11 @@ def quantize_model(model: str | None, weights: str | Path | None = None, *,
 
         metadata = file_metadata(loaded.metadata, name=loaded.name, preprocessing=prep, classes=loaded.classes,
                                  parameters=_parameters(loaded.model), **_source_weights(loaded.name, weights))
-        saved = str(export_pt2(int8.graph, val_x[:2], out, metadata=metadata))
+        saved = str(export_pt2(int8.graph, dynamic_example(val_x), out, metadata=metadata))
     elif out:
         from .export import export_torchscript
 
-        saved = str(export_torchscript(int8, val_x[:2], out))
+        saved = str(export_torchscript(int8, dynamic_example(val_x), out))
     return QuantizeReport(loaded.name, how, acc.fp32_top1, acc.int8_top1, acc.drop, acc.agreement, acc.images,
                           acc.calibration_images, seconds, latency_ms(loaded.model, loaded.input_size),
                           latency_ms(int8, loaded.input_size), max_drop, norm, split.to_dict(), saved, flow)
@@ -384,6 +388,10 @@ def prune_model(model: str | None, weights: str | Path | None = None, *, method:
 
     if method not in ("structured", "unstructured"):
         raise InputError(f"pruning method must be 'structured' or 'unstructured'; got {method!r}")
+    if epochs and train_images < 1:
+        # Refused before minutes of pruning and measuring: the fine-tune would have nothing to train on.
+        raise InputError(f"--train-images {train_images} leaves nothing to fine-tune on for --epochs {epochs}: "
+                         "pass --epochs 0 to skip the fine-tune, or --train-images N")
     out_path = Path(out) if out else None
     suffix = out_path.suffix.lower() if out_path else ""
     if out_path is not None:  # refuse a file we could not write before minutes of work
@@ -412,22 +420,27 @@ def prune_model(model: str | None, weights: str | Path | None = None, *, method:
     after = measure(pruned)
     saved = None
     if out_path is not None:
+        # The pruned model's own figures replace the source's metrics; the pruning is recorded beside them.
+        pruned_meta = {**loaded.metadata, "metrics": {"val_top1": after.top1 / 100, "val_images": len(val_y)},
+                       "pruning": {"method": method, "ratio": ratio, "sparsity": after.sparsity,
+                                   "fine_tune_epochs": epochs, "from": Path(str(weights)).name if weights else None,
+                                   **split.to_dict()}}
         if suffix == ".safetensors":
             from ..weights_io import export_weights
 
             # Everything the source weights carried (builder arguments, classes, recipe, preprocessing),
             # so the file reloads with create_model/load_model like any other (issue 14).
-            meta = {**{k: v for k, v in loaded.metadata.items() if k != "format"}, "model": loaded.name,
+            meta = {**{k: v for k, v in pruned_meta.items() if k != "format"}, "model": loaded.name,
                     "image_size": list(size),
-                    "preprocessing": prep.to_metadata(), "mean": list(prep.mean), "std": list(prep.std),
-                    "metrics": {"val_top1": after.top1 / 100, "val_images": len(val_y)},
-                    "pruning": {"method": method, "ratio": ratio, "sparsity": after.sparsity,
-                                "fine_tune_epochs": epochs, "from": Path(str(weights)).name if weights else None,
-                                **split.to_dict()}}
+                    "preprocessing": prep.to_metadata(), "mean": list(prep.mean), "std": list(prep.std)}
             export_weights(out_path, pruned.state_dict(), meta)
         else:
+            from ..runtime import file_metadata
             from .export import export
 
-            export(pruned, torch.randn(2, *size), out_path, SUFFIX_FORMATS[suffix])
+            # As export_model writes it, so that predict/eval/serve can run the file alone.
+            metadata = file_metadata(pruned_meta, name=loaded.name, preprocessing=prep, classes=loaded.classes,
+                                     parameters=_parameters(pruned), **_source_weights(loaded.name, weights))
+            export(pruned, torch.randn(2, *size), out_path, SUFFIX_FORMATS[suffix], metadata=metadata)
         saved = str(out_path)
     return PruneReport(loaded.name, method, ratio, epochs, before, after_prune, after, norm, split.to_dict(), saved)

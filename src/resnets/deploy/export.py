@@ -55,6 +55,15 @@ def _batch_dim():
     return torch.export.Dim("batch", min=1, max=MAX_BATCH)
 
 
+def dynamic_example(inputs: Tensor) -> Tensor:
+    """Two rows of ``inputs`` as the example for a dynamic-batch ``torch.export``: with a batch of
+    one, torch.export specialises the batch to 1 and refuses the dynamic ``Dim`` ("Constraints
+    violated (batch)"), so a single image is repeated (``quantize --val 1`` or ``--calibration 1``)."""
+    if not len(inputs):
+        raise InputError("no example input to export with: at least one image is needed")
+    return inputs[:2] if len(inputs) >= 2 else inputs[:1].expand(2, *inputs.shape[1:]).clone()
+
+
 def export_onnx(model: nn.Module, example: Tensor, path: str | Path, *, dynamic_batch: bool = True,
                 opset: int | None = None, verbose: bool = False, metadata: dict[str, str] | None = None) -> Path:
     """ONNX through the ``torch.export`` based exporter (the TorchScript one is deprecated);
@@ -89,7 +98,10 @@ def export_openvino(model: nn.Module, example: Tensor, path: str | Path, *, dyna
     shapes = ({0: _batch_dim()},) if dynamic_batch else None
     with torch.no_grad():
         program = torch.export.export(model.eval(), (example,), dynamic_shapes=shapes)
-        converted = ov.convert_model(program)
+        # OpenVINO's converter leaves a torch.export program's input shape open ([?,3,?,?]) even when
+        # the program's is fixed: a --static-batch IR must be told its shape.
+        fixed = {} if dynamic_batch else {"input": [ov.PartialShape(list(example.shape))]}
+        converted = ov.convert_model(program, **fixed)
     converted.input(0).get_tensor().set_names({"input"})
     converted.output(0).get_tensor().set_names({"logits"})
     set_ov_metadata(converted, metadata or {})
@@ -193,6 +205,8 @@ def load_exported(path: str | Path, fmt: str):
 def compare(reference: nn.Module, candidate, inputs: Tensor, batch_size: int = 64) -> Parity:
     """Run both on ``inputs`` in batches (odd last batch included, which exercises the dynamic
     batch) and report the largest absolute logit difference and top-1 agreement."""
+    if not len(inputs):
+        raise InputError("the parity check needs at least one input; got none")
     reference.eval()
     worst, agree, nonfinite = 0.0, 0, 0
     with torch.no_grad():

@@ -138,9 +138,9 @@ def quantize_pt2e(model: nn.Module, calibration: Tensor, batch_size: int = 64) -
     finally:
         pytree_log.setLevel(level)
 
-    from .export import MAX_BATCH
+    from .export import MAX_BATCH, dynamic_example
 
-    example = calibration[:2]
+    example = dynamic_example(calibration)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with torch.no_grad():
         program = torch.export.export(copy.deepcopy(model).eval(), (example,), dynamic_shapes=({0: batch},))
