@@ -290,8 +290,10 @@ def test_pixel_limit_names_the_part_and_option(client):
 
 
 def test_an_image_whose_resize_exceeds_the_pixel_limit_is_413_before_decoding(tmp_path, monkeypatch):
-    """--max-pixels bounded the declared pixels only: with shorter-side resizing a 1 x 2000 PNG
-    became 36 x 72000 pixels before its crop (a 667-byte 1 x 200000 one, 1.1 GB)."""
+    """--max-pixels bounded the declared pixels only: with shorter-side resizing a 1 x 20000 PNG
+    became 36 x 720000 pixels before its crop (a 667-byte 1 x 200000 one, 1.1 GB). The resize is
+    bounded by the larger of --max-pixels and MAX_RESIZED_PIXELS (4096 x 4096): a low --max-pixels
+    does not refuse an ordinary non-square image the resize enlarges."""
     from resnets.preprocessing import Preprocessing
     from resnets.pretrained import resolve
     from resnets.weights_io import export_weights, read_weights
@@ -300,15 +302,19 @@ def test_an_image_whose_resize_exceeds_the_pixel_limit_is_413_before_decoding(tm
     meta["preprocessing"] = Preprocessing.center_crop(32, meta["mean"], meta["std"], resize_size=36).to_metadata()
     export_weights(tmp_path / "crop.safetensors", state, meta)
     decoder = CountingDecoder(monkeypatch)
-    strip = encoded(Image.new("RGB", (2000, 1), (120, 30, 200)), "PNG")
+    strip = encoded(Image.new("RGB", (20000, 1), (120, 30, 200)), "PNG")
+    wide = encoded(Image.new("RGB", (90, 20), (120, 30, 200)), "PNG")  # 162x36 after the resize: over 5000
     ordinary = encoded(Image.fromarray(np.random.RandomState(0).randint(0, 256, (40, 48, 3), dtype=np.uint8)), "PNG")
     with TestClient(create_app(str(tmp_path / "crop.safetensors"), model="resnet20", max_pixels=10**6)) as c:
         r = c.post("/v1/predict", files=[("images", ("strip.png", strip, "image/png"))])
         assert r.status_code == 413 and error_code(r) == "too_many_pixels", r.text
         message = r.json()["error"]["message"]
-        assert "strip.png" in message and "72000x36" in message and "--max-pixels" in message
+        assert "strip.png" in message and "720000x36" in message and "MAX_RESIZED_PIXELS" in message
         assert decoder.calls == 0
         r = c.post("/v1/predict", files=[("images", ("ordinary.png", ordinary, "image/png"))])
+        assert r.status_code == 200, r.text
+    with TestClient(create_app(str(tmp_path / "crop.safetensors"), model="resnet20", max_pixels=5000)) as c:
+        r = c.post("/v1/predict", files=[("images", ("wide.png", wide, "image/png"))])
         assert r.status_code == 200, r.text
 
 

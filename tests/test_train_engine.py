@@ -337,9 +337,14 @@ def test_resume_keeps_the_model_split_and_images_of_the_run(subset, tmp_path):
     # The same images in another folder resume; one image more is another split, refused.
     moved = shutil.copytree(subset, tmp_path / "moved")
     assert train(None, overrides=[f"data.path={moved}", "train.steps=3"], resume=run).metrics["step"] == 3
+    # Other content, the same images per class (another decoder's pixels, an edited file): a warning.
+    first, second = sorted((moved / "dog").iterdir())[:2]
+    shutil.copy(second, first)
+    with pytest.warns(UserWarning, match="the same classes and images per class .* but other content"):
+        assert train(None, overrides=[f"data.path={moved}", "train.steps=4"], resume=run).metrics["step"] == 4
     shutil.copy(next((moved / "cat").iterdir()), moved / "cat" / "extra.jpg")
     with pytest.raises(InputError, match=rf"data.path {moved}: not the images {run} was trained on \(120 images"):
-        train(None, overrides=[f"data.path={moved}", "train.steps=4"], resume=run)
+        train(None, overrides=[f"data.path={moved}", "train.steps=5"], resume=run)
 
 
 def test_data_limit_validates_with_the_normalisation_the_weights_carry(subset, tmp_path):

@@ -118,8 +118,9 @@ def create_model(
             source_classes = state[f"{entry.classifier}.weight"].shape[0]
     if num_classes is None:
         num_classes = source_classes if source_classes is not None else entry.num_classes
-    if num_classes < 0:  # every family reads num_classes <= 0 as "no classifier": -1 must not mean that
-        raise InputError(f"{name}: num_classes must be >= 0 (0: no classifier, features out); got {num_classes}")
+    from .models.resnet import check_num_classes  # here: the model modules register into this one
+
+    check_num_classes(num_classes, name)  # before any family's builder, DenseNets' included
     where = f" (with model_kwargs from {weights})" if weights is not None and meta.get("model_kwargs") else ""
     try:
         model = entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -253,15 +253,16 @@ def _exported(kind: str, path: Path, meta: dict[str, Any], model: str | None, ru
     # name (or none: an index past the list) and eval's count check compares the list with itself.
     # A batch of 2: what `resnets export --static-batch` fixes it to (api.py's example).
     size = tuple(preprocessing.input_size) if preprocessing else tuple(model_entry(name).input_size[1:])
+    source = "its metadata's preprocessing" if preprocessing else f"the {name} registry entry (no preprocessing record)"
     graph_size = getattr(run, "input_size", None)
     if graph_size is not None and graph_size != size:
-        raise InputError(f"{path.name}: its metadata's preprocessing gives {size[0]}x{size[1]} inputs, but the model "
-                         f"takes {graph_size[0]}x{graph_size[1]}; the file's metadata does not match its graph")
+        raise InputError(f"{path.name}: {source} gives {size[0]}x{size[1]} inputs, but the model takes "
+                         f"{graph_size[0]}x{graph_size[1]}; the file's metadata does not match its graph")
     try:
         outputs = run(torch.zeros(2, 3, *size)).shape[1]
     except Exception as exc:  # the runtimes' own errors (onnxruntime's, OpenVINO's, a guard's) name no file
-        raise InputError(f"{path.name}: the model does not run on {size[0]}x{size[1]} inputs, the size its metadata "
-                         f"gives ({type(exc).__name__}: {str(exc).strip()[:300]})") from exc
+        raise InputError(f"{path.name}: a trial run on {size[0]}x{size[1]} inputs (from {source}) failed "
+                         f"({type(exc).__name__}: {str(exc).strip()[:300]})") from exc
     if classes is None:
         classes = [str(i) for i in range(outputs)]
     elif len(classes) != outputs:

@@ -86,7 +86,8 @@ def register(subparsers) -> None:
     p.add_argument("--timeout", type=number(0, above=True, infinite=True), default=30.0, help="seconds per request before 504")
     p.add_argument("--max-bytes", type=integer(1), default=10 * 2**20, help="largest request body in bytes")
     p.add_argument("--max-pixels", type=integer(1), default=4096 * 4096,
-                   help="largest image in pixels, read from its header before decoding")
+                   help="largest image in pixels, read from its header before decoding; also bounds a "
+                        "shorter-side resize's output (never below 4096 x 4096)")
     p.add_argument("--max-request-pixels", type=integer(1),
                    help="pixels per request over all its images, read from their headers before decoding "
                         "(default: 4 x --max-pixels)")

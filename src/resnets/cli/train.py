@@ -48,7 +48,7 @@ def run_train(args) -> int:
     except (TrainingError, CheckpointError) as exc:
         print(f"resnets train: error: {exc}", file=sys.stderr)
         return 1
-    except TrainingInterrupted as exc:  # the engine saved a checkpoint and said how to resume
+    except TrainingInterrupted as exc:  # the engine said what it saved and how to resume
         return 128 + (exc.signum or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM, as the shell reports
     if args.json:
         print(json.dumps({"run_dir": str(result.run_dir), "best": result.best, **result.metrics}))

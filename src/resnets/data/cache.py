@@ -18,7 +18,9 @@ from pathlib import Path
 import PIL
 import torch
 
-FORMAT_VERSION = 1
+# Raised whenever decoding changes what an image becomes (2: a PNG's tRNS transparent colour is
+# composited onto white like alpha), so no cache built before serves the old pixels.
+FORMAT_VERSION = 2
 
 
 def default_cache_dir() -> Path:

@@ -175,7 +175,6 @@ def export_model(model: str | None, weights: str | Path | None = None, *, out: s
     ONNX and OpenVINO files are checked against PyTorch by their own runtime on real held-out images
     (random ones without data); ONNX, OpenVINO and PT2 files carry the weights' metadata."""
     from ..data import data_dir, sample_images
-    from ..runtime import file_metadata
     from .export import compare, export, load_exported
 
     choice = _choice(data)
@@ -193,8 +192,7 @@ def export_model(model: str | None, weights: str | Path | None = None, *, out: s
     if prep is not None and size:  # exported for another size: the same preprocessing, scaled to it
         resize = (size, size) if prep.crop == "none" else (round(size * 256 / 224),)
         prep = dataclasses.replace(prep, input_size=(size, size), resize_size=resize)
-    metadata = file_metadata(loaded.metadata, name=loaded.name, preprocessing=prep, classes=loaded.classes,
-                             parameters=_parameters(loaded.model), **_source_weights(loaded.name, weights))
+    metadata = _file_metadata(loaded, weights, prep, loaded.model)
     path = export(loaded.model, torch.randn(2, *shape), out, fmt, dynamic_batch=dynamic_batch, metadata=metadata)
     written = sorted(metadata) if fmt in ("onnx", "openvino", "pt2") else []
     report = ExportReport(loaded.name, fmt, str(path), _file_bytes(path), dynamic_batch, tolerance=tolerance,
@@ -232,6 +230,15 @@ def _source_weights(name: str, weights: str | Path | None) -> dict[str, str | No
 
 def _parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _file_metadata(loaded, weights: str | Path | None, prep, model, base: dict | None = None) -> dict[str, str]:
+    """What an exported file (ONNX, OpenVINO, PT2) carries so that predict/eval/serve can run it
+    alone: the weights' metadata (or ``base``), preprocessing, classes, parameters, source weights."""
+    from ..runtime import file_metadata
+
+    return file_metadata(loaded.metadata if base is None else base, name=loaded.name, preprocessing=prep,
+                         classes=loaded.classes, parameters=_parameters(model), **_source_weights(loaded.name, weights))
 
 
 def _file_bytes(path: Path) -> int:
@@ -326,11 +333,9 @@ def quantize_model(model: str | None, weights: str | Path | None = None, *,
     acc = compare_accuracy(loaded.model, int8, val_x, val_y, len(calib))
     saved = None
     if out and flow == "pt2e":
-        from ..runtime import file_metadata
         from .export import export_pt2
 
-        metadata = file_metadata(loaded.metadata, name=loaded.name, preprocessing=prep, classes=loaded.classes,
-                                 parameters=_parameters(loaded.model), **_source_weights(loaded.name, weights))
+        metadata = _file_metadata(loaded, weights, prep, loaded.model)
         saved = str(export_pt2(int8.graph, dynamic_example(val_x), out, metadata=metadata))
     elif out:
         from .export import export_torchscript
@@ -435,12 +440,10 @@ def prune_model(model: str | None, weights: str | Path | None = None, *, method:
                     "preprocessing": prep.to_metadata(), "mean": list(prep.mean), "std": list(prep.std)}
             export_weights(out_path, pruned.state_dict(), meta)
         else:
-            from ..runtime import file_metadata
             from .export import export
 
             # As export_model writes it, so that predict/eval/serve can run the file alone.
-            metadata = file_metadata(pruned_meta, name=loaded.name, preprocessing=prep, classes=loaded.classes,
-                                     parameters=_parameters(pruned), **_source_weights(loaded.name, weights))
+            metadata = _file_metadata(loaded, weights, prep, pruned, pruned_meta)
             export(pruned, torch.randn(2, *size), out_path, SUFFIX_FORMATS[suffix], metadata=metadata)
         saved = str(out_path)
     return PruneReport(loaded.name, method, ratio, epochs, before, after_prune, after, norm, split.to_dict(), saved)

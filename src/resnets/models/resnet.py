@@ -25,6 +25,13 @@ _SHARED_BLOCK_ARGS = ("shortcut", "groups", "base_width", "dilation", "se_reduct
                       "residual", "drop_rate")
 
 
+def check_num_classes(num_classes: int, name: str | None = None) -> None:
+    """Every family reads ``num_classes`` 0 as "no classifier" (features out); -1 must not mean that."""
+    if num_classes < 0:
+        raise InputError(f"{f'{name}: ' if name else ''}num_classes must be >= 0 (0: no classifier, features out); "
+                         f"got {num_classes}")
+
+
 class ResNet(nn.Module):
     """A residual network: stem, stages of blocks, global average pool, linear classifier.
 
@@ -83,8 +90,7 @@ class ResNet(nn.Module):
             raise InputError(f"a ResNet has 3 (CIFAR) or 4 (ImageNet) stages; got layers={list(layers)}")
         if any(n < 1 for n in layers):
             raise InputError(f"every stage needs at least one block; got layers={list(layers)}")
-        if num_classes < 0:
-            raise InputError(f"num_classes must be >= 0 (0: no classifier, features out); got {num_classes}")
+        check_num_classes(num_classes)
         if zero_init_last and not residual:
             # A plain block has no identity path to fall back on: zeroing its last BN zeroes its
             # output, and so every feature the network computes (a constant model).
@@ -205,7 +211,6 @@ class ResNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (0: none)."""
-        if num_classes < 0:
-            raise InputError(f"num_classes must be >= 0 (0: no classifier, features out); got {num_classes}")
+        check_num_classes(num_classes)
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()

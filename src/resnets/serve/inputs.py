@@ -32,7 +32,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from ..data.images import BadImageError, decode_with_mode
-from ..preprocessing import ImageTooLargeError, Preprocessing
+from ..preprocessing import MAX_RESIZED_PIXELS, ImageTooLargeError, Preprocessing
 from .errors import ApiError, overloaded
 
 
@@ -204,10 +204,19 @@ def _label(field: str, i: int, filename: str | None, single: bool) -> str:
     return f"{where} ({filename})" if filename else where
 
 
+def _resize_limit(max_pixels: int) -> tuple[int, str]:
+    """The bound on the resize step's output: --max-pixels, but never below MAX_RESIZED_PIXELS, so
+    a low --max-pixels does not refuse an ordinary non-square image that the resize enlarges."""
+    if max_pixels >= MAX_RESIZED_PIXELS:
+        return max_pixels, "--max-pixels"
+    return MAX_RESIZED_PIXELS, "resnets.preprocessing.MAX_RESIZED_PIXELS, above --max-pixels"
+
+
 def check_pixels(upload: Upload, max_pixels: int, preprocessing: Preprocessing | None = None) -> int:
     """The pixels the header declares (0 for what is not an image: decoding reports it); 413 when
-    more than ``max_pixels``, or when ``preprocessing``'s resize would make more (a 667-byte 1 x
-    200000 PNG, its shorter side resized to 256, is 13 gigapixels). Nothing is decoded here."""
+    more than ``max_pixels``, or when ``preprocessing``'s resize would make more than
+    :func:`_resize_limit` (a 667-byte 1 x 200000 PNG, its shorter side resized to 256, is 13
+    gigapixels). Nothing is decoded here."""
     try:
         with Image.open(io.BytesIO(upload.data)) as img:
             width, height = img.size
@@ -220,7 +229,7 @@ def check_pixels(upload: Upload, max_pixels: int, preprocessing: Preprocessing |
                                                f"the limit is {max_pixels} (--max-pixels)")
     if preprocessing is not None:
         try:
-            preprocessing.check_size(height, width, max_pixels, "--max-pixels")
+            preprocessing.check_size(height, width, *_resize_limit(max_pixels))
         except ImageTooLargeError as exc:
             raise _resized_too_large(upload, exc) from None
     return width * height
@@ -250,7 +259,7 @@ def decode(upload: Upload, preprocessing: Preprocessing, max_pixels: int) -> Dec
     except BadImageError as exc:
         raise ApiError(400, "bad_image", f"{upload.label}: {exc.reason}") from None
     try:
-        array = preprocessing.resize(image, max_pixels, "--max-pixels").permute(1, 2, 0).numpy()
+        array = preprocessing.resize(image, *_resize_limit(max_pixels)).permute(1, 2, 0).numpy()
     except ImageTooLargeError as exc:  # the header checked above said otherwise
         raise _resized_too_large(upload, exc) from None
     return Decoded(upload, image.width, image.height, mode, array)

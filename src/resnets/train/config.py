@@ -340,7 +340,8 @@ def _check_validation_metrics(config: Config) -> None:
     would never reduce the lr, and no best.pt would be chosen.
 
     train.best_metric's default, val_top1, is exempt: every shipped recipe names it, and
-    ``--set data.val_size=0`` (train on every image) must keep working with them. It then selects
+    ``--set data.val_size=0`` (train on every image) must keep working with those that do not turn
+    the plateau schedule on (keras_example does: it needs held-out images). It then selects
     nothing (last.pt and final.safetensors are the result; see TrainConfig.best_metric). Another
     val_* metric, or a plateau turned on (plateau_factor > 0) watching one, was asked for on
     purpose, and is refused."""

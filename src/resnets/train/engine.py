@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from ..registry import create_model
 from ..transfer.finetune import GradualUnfreezer, set_trainable, stage_names
 from ..weights_io import METRIC_ALIASES, WriteError, atomic_write, first_nonfinite, read_metadata_only
 from .checkpoint import (
+    CheckpointError,
     export_weights,
     load_checkpoint,
     rng_state,
@@ -359,7 +361,8 @@ def validate(model: nn.Module, loader, device: torch.device, autocast, world: in
 # position would mean other images (the split, the batch size, the seed of the shuffle).
 _FIXED_ON_RESUME = ("model.name", "model.kwargs", "data.val_size", "data.split_seed", "data.limit",
                     "train.batch_size", "train.accumulate", "train.seed", "optim.name", "finetune.weights",
-                    "finetune.freeze", "finetune.linear_probe", "finetune.lr_mult", "finetune.unfreeze_every")
+                    "finetune.weights_normalization", "finetune.freeze", "finetune.linear_probe",
+                    "finetune.lr_mult", "finetune.unfreeze_every")
 
 
 def _check_resume_keys(saved: Config, cfg: Config, run_dir: Path) -> None:
@@ -368,20 +371,29 @@ def _check_resume_keys(saved: Config, cfg: Config, run_dir: Path) -> None:
         section, name = key.split(".")
         old, new = before[section][name], after[section][name]
         if old != new:
+            hint = "" if key.startswith("model.") else "; finetune.weights can start it from this run's weights"
             raise InputError(f"--set {key}={new}: {run_dir / 'last.pt'} was trained with {key}={old}, and a resumed "
                              f"run keeps it (its state and the data order depend on it). Start a new run to "
-                             f"change it; finetune.weights can start it from this run's weights.")
+                             f"change it{hint}.")
 
 
 def _check_resume_data(saved_meta: dict, recipe: dict, data_path, run_dir: Path) -> None:
     """The same images as the run was trained on, wherever they now lie: other images would make
-    another 45k/5k split, mixing validation images into training, with nothing said."""
+    another 45k/5k split, mixing validation images into training, with nothing said. Refused when
+    the classes or the images per class differ (the split depends on the labels alone); the same
+    counts with other content (another image decoder's pixels, or edited files) is only a warning."""
     old = ((saved_meta.get("recipe") or {}).get("data") or {}).get("dataset") or {}
     new = recipe["data"]["dataset"]
-    if old.get("fingerprint") and old["fingerprint"] != new["fingerprint"]:
-        raise InputError(f"data.path {data_path}: not the images {run_dir} was trained on ({old.get('images')} "
-                         f"images of {old.get('name')!r} then, {new['images']} of {new['name']!r} now; the content "
-                         f"fingerprints differ). Resume with the original images (--data DIR), or start a new run.")
+    if not old.get("fingerprint") or old["fingerprint"] == new["fingerprint"]:
+        return
+    then_now = (f"{old.get('images')} images of {old.get('name')!r} then, {new['images']} of {new['name']!r} now")
+    if old.get("classes") != new["classes"] or old.get("images_per_class") != new["images_per_class"]:
+        raise InputError(f"data.path {data_path}: not the images {run_dir} was trained on ({then_now}; other "
+                         f"classes or images per class). Resume with the original images (--data DIR), or start "
+                         f"a new run.")
+    warnings.warn(f"data.path {data_path}: the same classes and images per class as {run_dir} was trained on "
+                  f"({then_now}), but other content (another image decoder, or edited files); resuming on them",
+                  stacklevel=3)
 
 
 def _new_run_dir(cfg: Config) -> Path:
@@ -472,10 +484,7 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
         # Pretrained features expect the pixels normalised as in their own training.
         source = weights_metadata(cfg.model.name, ft.weights)
         if source.get("mean") and source.get("std"):
-            shared = dataclasses.replace(train_ds.info, mean=tuple(source["mean"]), std=tuple(source["std"]))
-            train_ds.info = shared
-            if val_ds is not None:
-                val_ds.info = shared
+            train_ds.info = dataclasses.replace(train_ds.info, mean=tuple(source["mean"]), std=tuple(source["std"]))
     info = train_ds.info
     if val_ds is not None:
         # Validated as the weights will be used: with the training part's mean and std, which
@@ -564,7 +573,13 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
     history: list[dict[str, float]] = []
     if ckpt is not None:
         raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as exc:  # torch: "loaded state dict contains a parameter group that doesn't match"
+            raise CheckpointError(f"{run_dir / 'last.pt'}: its optimizer state does not fit the parameter groups this "
+                                  f"version builds ({exc}); a run started before a change to the fine-tuning "
+                                  f"stages (finetune.lr_mult, the DenseNet stage names) cannot resume: start it "
+                                  f"again, or from its weights with finetune.weights") from None
         schedule.load_state_dict(ckpt["schedule"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
