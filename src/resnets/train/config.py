@@ -219,7 +219,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     except InputError:
         raise
     except (TypeError, ValueError):
-        expected = hint.__name__ if isinstance(hint, type) else text
+        expected = "a number" if hint is float else hint.__name__ if isinstance(hint, type) else text
         raise InputError(f"config key {key!r}: expected {expected}, got {value!r}") from None
     return value
 
