@@ -114,6 +114,17 @@ class FinetuneConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from fixed teachers (see resnets.train.distill); off without teachers."""
+
+    # weights files, or shipped weights as MODEL:TAG (resnet56:cifar10); several: their probabilities averaged
+    teachers: list[str] = field(default_factory=list)
+    alpha: float = 0.5  # weight of the teachers' term; the labels' cross-entropy gets 1 - alpha
+    temperature: float = 4.0  # softens both distributions (Hinton et al. 2015)
+    tta: str = ""  # "flip": each teacher's probabilities averaged over the image and its mirror
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -121,6 +132,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     out_dir: str = "runs"  # runs are written to OUT_DIR/NAME
     name: str = ""  # run name; empty: <model>-<date>-<time>
     recipe: str = ""  # free text recorded with the weights: where the recipe comes from
@@ -283,6 +295,7 @@ def validate(config: Config) -> None:
         "schedule.unit": (s.unit, ("step", "epoch")),
         "train.precision": (t.precision, ("fp32", "bf16", "fp16", "auto")),
         "train.best_metric": (t.best_metric, ("val_top1", "val_loss", "val_top5", "train_top1", "train_loss")),
+        "distill.tta": (config.distill.tta, ("", "flip")),
     }
     if s.plateau_metric:
         choices["schedule.plateau_metric"] = (s.plateau_metric, choices["train.best_metric"][1])
@@ -299,6 +312,14 @@ def validate(config: Config) -> None:
     f = config.finetune
     if (f.freeze or f.linear_probe or f.lr_mult or f.unfreeze_every) and not f.weights:
         raise InputError("finetune.freeze/linear_probe/lr_mult/unfreeze_every need finetune.weights")
+    k = config.distill
+    unused = [f"distill.{n}" for n in ("alpha", "temperature", "tta")
+              if getattr(k, n) != getattr(DistillConfig, n)]
+    if unused and not k.teachers:
+        raise InputError(f"{', '.join(unused)} need distill.teachers (weights files, or MODEL:TAG)")
+    for i, teacher in enumerate(k.teachers):
+        if not isinstance(teacher, str) or not teacher.strip():
+            raise InputError(f"distill.teachers[{i}] must be a weights file or MODEL:TAG; got {teacher!r}")
     if list(s.milestones) != sorted(s.milestones):
         raise InputError(f"schedule.milestones must be increasing; got {s.milestones}")
     _check_schedule(config)
@@ -399,6 +420,7 @@ _RANGES: list[tuple[str, float | None, float | None, bool, bool]] = [
     ("train.label_smoothing", 0, 1, True, False), ("train.ema_decay", 0, 1, True, False),
     ("train.grad_clip", 0, None, True, True), ("train.threads", 0, None, True, True),
     ("finetune.unfreeze_every", 0, None, True, True),
+    ("distill.alpha", 0, 1, True, True), ("distill.temperature", 0, None, False, True),
 ]
 
 

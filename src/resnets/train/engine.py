@@ -46,6 +46,7 @@ from .checkpoint import (
 )
 from .config import Config, DataConfig, config_from_dict, load_config, set_key
 from .config import validate as check_config
+from .distill import Distillation, load_teachers
 from .host_memory import keep_freed_memory
 from .optim import EMA, Schedule, build_optimizer
 from .report import Reporter, write_metrics
@@ -516,6 +517,23 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
     total_steps = t.steps if t.steps > 0 else t.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
 
+    # What inference must do to see the images as training did (input size, resize, crop, mean/std;
+    # issue 14): in every checkpoint and export, read back by resnets.preprocessing.
+    preprocessing = loader.preprocessing()
+    criterion = None
+    if cfg.distill.teachers:
+        # Loaded before the run directory is made, so a bad teacher leaves nothing behind (issue 15).
+        teachers = load_teachers(cfg.distill.teachers, classes=list(info.classes), mean=info.mean, std=info.std,
+                                 input_size=preprocessing.input_size, recipe_data=recipe["data"], device=device,
+                                 channels_last=t.channels_last)
+        if t.compile:  # their forward passes are a large part of the step
+            for teacher in teachers:
+                teacher.net = torch.compile(teacher.net)
+        # What the teachers were, by content (the config's paths are only file names once portable).
+        recipe["distill"]["teachers"] = [teacher.description for teacher in teachers]
+        criterion = Distillation(teachers, cfg.distill.alpha, cfg.distill.temperature, t.label_smoothing,
+                                 flip=cfg.distill.tta == "flip")
+
     # ---- model, optimizer, schedule --------------------------------------------------------------
     torch.manual_seed(t.seed)
     model = create_model(cfg.model.name, num_classes=len(info.classes), weights=ft.weights, **cfg.model.kwargs)
@@ -553,9 +571,6 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
         model = torch.compile(model)
     eval_model = copy.deepcopy(raw_model) if ema else raw_model
 
-    # What inference must do to see the images as training did (input size, resize, crop, mean/std;
-    # issue 14): in every checkpoint and export, read back by resnets.preprocessing.
-    preprocessing = loader.preprocessing()
     # The builder arguments the model was really built with: a fine-tune inherits the source weights'
     # (create_model merges them), so a shortcut="B" network stays one when the result is reloaded.
     source_kwargs = (getattr(raw_model, "pretrained_meta", None) or {}).get("model_kwargs") or {}
@@ -656,7 +671,7 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
 
     epoch, batch_index, resume_at = start_epoch, start_batch, start_batch
     step_args = {"raw_model": raw_model, "ema": ema, "scaler": scaler, "autocast": autocast,
-                 "label_smoothing": t.label_smoothing, "grad_clip": t.grad_clip, "world": world}
+                 "label_smoothing": t.label_smoothing, "grad_clip": t.grad_clip, "world": world, "criterion": criterion}
     with _StopOnSignals() as stop:
         try:
             for epoch in range(start_epoch, epochs):
