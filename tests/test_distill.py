@@ -149,7 +149,11 @@ def test_bad_teachers_are_refused_before_anything_is_written(subset, tmp_path, t
         train(config(renamed, tmp_path, "name=b", "distill.teachers=[resnet20:cifar10]"))
     with pytest.raises(InputError, match=r"distill.teachers\[0\]: teacher weights resnet20:nope"):
         train(config(subset, tmp_path, "name=c", "distill.teachers=[resnet20:nope]"))
-    assert not any((tmp_path / name).exists() for name in "abc")
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not weights")
+    with pytest.raises(InputError, match=r"distill.teachers\[0\]: teacher weights .*garbage.safetensors: .*not a valid"):
+        train(config(subset, tmp_path, "name=d", f"distill.teachers=[{garbage}]"))
+    assert not any((tmp_path / name).exists() for name in "abcd")
     with pytest.raises(InputError, match="distill.alpha, distill.tta need distill.teachers"):
         config(subset, tmp_path, "distill.alpha=0.9", "distill.tta=flip")
     with pytest.raises(InputError, match=r"distill.temperature must be > 0; got 0.0"):
