@@ -40,19 +40,19 @@ def _open(spec: str, key: str) -> tuple[nn.Module, str, str]:
     """A teacher from a weights file, or from shipped weights written ``MODEL:TAG`` (``resnet56:cifar10``);
     any failure names the config key."""
     path = Path(spec).expanduser()
+    shipped = not path.is_file() and ":" in spec and "/" not in spec
+    if not shipped and not path.is_file():
+        raise InputError(f"{key}: teacher weights {spec} not found (a weights file, or shipped weights as "
+                         f"MODEL:TAG, e.g. resnet56:cifar10)")
     try:
-        if not path.is_file() and ":" in spec and "/" not in spec:
+        if shipped:
             model, tag = spec.split(":", 1)
             model_entry(model)  # an unknown name says so, with the closest one
             record = find(model, tag)
             return load_model(tag, model), record.file, record.sha256
-        if not path.is_file():
-            raise InputError(f"teacher weights {spec} not found (a weights file, or shipped weights as MODEL:TAG, "
-                             f"e.g. resnet56:cifar10)")
         return load_model(str(path)), path.name, sha256_of(path)
     except (InputError, FileNotFoundError, ValueError) as exc:
-        raise InputError(f"{key}: {exc}" if str(exc).startswith("teacher") else f"{key}: teacher weights {spec}: {exc}"
-                         ) from None
+        raise InputError(f"{key}: teacher weights {spec}: {exc}") from None
 
 
 def load_teachers(specs: list[str], *, classes: list[str], mean, std, input_size, recipe_data: dict,
