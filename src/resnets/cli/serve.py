@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..serve import limits
 from . import UsageError
 from .options import integer, number
 
@@ -78,24 +79,24 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=integer(0), help="CPU threads for the model, whatever the backend (default, or 0: the "
                                               "runtime's choice; on a machine busy with other work, 1 avoids threads "
                                               "waiting on each other)")
-    p.add_argument("--max-batch", type=integer(1), default=32, help="images per forward pass at most")
-    p.add_argument("--max-wait-ms", type=number(0), default=5.0,
+    p.add_argument("--max-batch", type=integer(1), default=limits.MAX_BATCH, help="images per forward pass at most")
+    p.add_argument("--max-wait-ms", type=number(0), default=limits.MAX_WAIT_MS,
                    help="how long the oldest request waits for others to share its batch")
-    p.add_argument("--queue-size", type=integer(1), default=256,
+    p.add_argument("--queue-size", type=integer(1), default=limits.QUEUE_SIZE,
                    help="images waiting at most; beyond it requests get 503 with Retry-After")
-    p.add_argument("--timeout", type=number(0, above=True, infinite=True), default=30.0, help="seconds per request before 504")
-    p.add_argument("--max-bytes", type=integer(1), default=10 * 2**20, help="largest request body in bytes")
-    p.add_argument("--max-pixels", type=integer(1), default=4096 * 4096,
+    p.add_argument("--timeout", type=number(0, above=True, infinite=True), default=limits.TIMEOUT_S, help="seconds per request before 504")
+    p.add_argument("--max-bytes", type=integer(1), default=limits.MAX_BYTES, help="largest request body in bytes")
+    p.add_argument("--max-pixels", type=integer(1), default=limits.MAX_PIXELS,
                    help="largest image in pixels, read from its header before decoding; also bounds a "
                         "shorter-side resize's output (never below 4096 x 4096)")
     p.add_argument("--max-request-pixels", type=integer(1),
                    help="pixels per request over all its images, read from their headers before decoding "
-                        "(default: 4 x --max-pixels)")
-    p.add_argument("--max-requests", type=integer(1), default=64,
+                        f"(default: {limits.REQUEST_PIXELS_PER_MAX_PIXELS} x --max-pixels)")
+    p.add_argument("--max-requests", type=integer(1), default=limits.MAX_REQUESTS,
                    help="requests to /v1/* and /v2/models/* in flight at once; beyond it 503 with Retry-After")
     p.add_argument("--max-inflight-bytes", type=integer(1),
                    help="bytes of request bodies held at once over all requests; beyond it 503 with Retry-After "
-                        "(default: 8 x --max-bytes)")
+                        f"(default: {limits.INFLIGHT_BYTES_PER_MAX_BYTES} x --max-bytes)")
     p.add_argument("--drain", type=number(0), default=0.5,
                    help="seconds that SIGINT/SIGTERM keep answering new requests 503 before the server stops listening")
     p.add_argument("--token-file", help="require Authorization: Bearer TOKEN on /v1/*, /v2/models/* and /metrics, "

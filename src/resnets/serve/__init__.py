@@ -1,12 +1,23 @@
 """``resnets serve``: an HTTP inference API with dynamic batching (FastAPI on uvicorn).
 
 ``create_app(weights, ...)`` builds the ASGI app; :class:`Batcher` is the dynamic batcher;
-:class:`ModelService` loads and runs the model. Needs the ``serve`` extra (``pip install -e ".[serve]"``).
+:class:`ModelService` loads and runs the model; :mod:`.limits` holds the limits' defaults. Needs the
+``serve`` extra (``pip install -e ".[serve]"``).
+
+The names below load on first use (PEP 562), so that ``resnets serve --help`` can read
+:mod:`.limits` without importing FastAPI (issue 18).
 """
 
-from .app import create_app
-from .batcher import Batcher, Closed, QueueFull
-from .errors import ApiError
-from .service import ModelService
+from importlib import import_module
 
-__all__ = ["ApiError", "Batcher", "Closed", "ModelService", "QueueFull", "create_app"]
+_WHERE = {"create_app": ".app", "Batcher": ".batcher", "Closed": ".batcher", "QueueFull": ".batcher",
+          "ApiError": ".errors", "ModelService": ".service"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value

@@ -25,7 +25,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from ..errors import InputError
-from . import v2
+from . import limits, v2
 from .batcher import Batcher, Closed, QueueFull
 from .errors import ApiError, ErrorBody, answer_error, install, overloaded, timed_out
 from .inputs import ByteBudget, Stopped, decode_all, uploads
@@ -167,10 +167,12 @@ def _errors(*statuses: int) -> dict:
     return {s: {"model": ErrorBody, "description": what[s]} for s in statuses}
 
 
-def create_app(weights: str | Path, *, model: str | None = None, device: str = "cpu", max_batch: int = 32,
-               max_wait_ms: float = 5.0, queue_size: int = 256, timeout_s: float = 30.0,
-               max_bytes: int = 10 * 2**20, max_pixels: int = 4096 * 4096, max_request_pixels: int | None = None,
-               max_requests: int = 64, max_inflight_bytes: int | None = None, token: str | None = None,
+def create_app(weights: str | Path, *, model: str | None = None, device: str = "cpu",
+               max_batch: int = limits.MAX_BATCH, max_wait_ms: float = limits.MAX_WAIT_MS,
+               queue_size: int = limits.QUEUE_SIZE, timeout_s: float = limits.TIMEOUT_S,
+               max_bytes: int = limits.MAX_BYTES, max_pixels: int = limits.MAX_PIXELS,
+               max_request_pixels: int | None = None, max_requests: int = limits.MAX_REQUESTS,
+               max_inflight_bytes: int | None = None, token: str | None = None,
                batching: bool = True, backend: str | None = None, threads: int | None = None) -> FastAPI:
     """The serving app for ``weights`` (a file, or a shipped tag such as "cifar10" with ``model``), run by
     ``backend`` (torch, onnxruntime or openvino; default: torch, or an exported file's runtime) with
@@ -184,8 +186,10 @@ def create_app(weights: str | Path, *, model: str | None = None, device: str = "
     passes or the client leaves; ``max_requests`` in flight and ``max_inflight_bytes`` of bodies
     (default 8 x ``max_bytes``) held at once, 503 with Retry-After beyond.
     """
-    max_request_pixels = 4 * max_pixels if max_request_pixels is None else max_request_pixels
-    max_inflight_bytes = 8 * max_bytes if max_inflight_bytes is None else max_inflight_bytes
+    if max_request_pixels is None:
+        max_request_pixels = limits.REQUEST_PIXELS_PER_MAX_PIXELS * max_pixels
+    if max_inflight_bytes is None:
+        max_inflight_bytes = limits.INFLIGHT_BYTES_PER_MAX_BYTES * max_bytes
     for name, value in (("max_batch", max_batch), ("queue_size", queue_size), ("max_bytes", max_bytes),
                         ("max_pixels", max_pixels), ("timeout_s", timeout_s),
                         ("max_request_pixels", max_request_pixels), ("max_requests", max_requests),
