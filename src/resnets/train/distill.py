@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import InputError
 from ..pretrained import find, sha256_of
 from ..registry import load_model, model_entry
+from .evaluate import check_classes
 
 
 @dataclass
@@ -67,23 +68,14 @@ def load_teachers(specs: list[str], *, classes: list[str], mean, std, input_size
         key = f"distill.teachers[{i}]"
         net, name, sha = _open(str(spec), key)
         meta = dict(getattr(net, "pretrained_meta", None) or {})
-        named = list(meta.get("classes") or [])
-        outputs = getattr(net, "num_classes", None)
-        if not named:
-            if outputs != len(classes):
-                raise InputError(f"{key}: {spec} has {outputs} outputs and no class names; the data has "
-                                 f"{len(classes)} classes")
-            columns = None
-        else:
-            missing = [c for c in classes if c not in named]
-            if missing:
-                raise InputError(f"{key}: {spec} does not know the class(es) {', '.join(missing[:5])} of the data "
-                                 f"(it knows {', '.join(named[:10])}{', ...' if len(named) > 10 else ''})")
-            if len(named) != len(classes):
-                raise InputError(f"{key}: {spec} has {len(named)} classes, the data {len(classes)}: a teacher's "
-                                 f"probabilities must be over the student's classes")
-            order = [named.index(c) for c in classes]
-            columns = None if order == list(range(len(order))) else torch.tensor(order, device=device)
+        # The class checks of `resnets eval` (count and names); then a teacher must have no class the
+        # student lacks either, for its probabilities to be over the student's classes.
+        named = check_classes(net, meta, list(classes), weights=f"{key} ({spec})", data="the student's data")
+        if len(named) != len(classes):
+            raise InputError(f"{key}: {spec} has {len(named)} classes, the data {len(classes)}: a teacher's "
+                             f"probabilities must be over the student's classes")
+        order = [named.index(c) for c in classes]
+        columns = None if order == list(range(len(order))) else torch.tensor(order, device=device)
         size = list(meta.get("image_size") or [])[1:]
         if size and list(size) != list(input_size):
             raise InputError(f"{key}: {spec} takes {size[0]}x{size[1]} images, the student {input_size[0]}x"
