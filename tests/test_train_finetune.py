@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import resnets
+from resnets.pretrained import find
 from resnets.train import Config, train
 from resnets.train.checkpoint import read_metadata
 
@@ -53,6 +54,9 @@ def test_finetune_freezes_stages_and_uses_the_weights_preprocessing(three_classe
     assert meta["classes"] == ["boat", "lorry", "pony"]
     assert meta["mean"] == pytest.approx(source.pretrained_meta["mean"])
     assert meta["recipe"]["finetune"]["freeze"] == ["conv1", "layer1"]
+    # The file it started from, by content: the tag names another file once newer weights ship.
+    shipped = find("resnet20", "cifar10")
+    assert meta["recipe"]["finetune"]["source"] == {"file": shipped.path.name, "sha256": shipped.sha256}
 
 
 def test_linear_probe_trains_only_the_classifier(three_classes, tmp_path):
@@ -78,3 +82,18 @@ def test_finetune_options_need_weights():
 
     with pytest.raises(ValueError, match="need finetune.weights"):
         validate(cfg)
+
+
+def test_a_resumed_finetune_keeps_the_source_it_started_from(three_classes, tmp_path):
+    # The recipe names the starting weights by content; when the file behind finetune.weights changes before a
+    # --resume, the weights written at the end still name the file the run really started from.
+    start = tmp_path / "start.safetensors"
+    start.write_bytes(find("resnet20", "cifar10").path.read_bytes())
+    cfg = _config(three_classes, tmp_path)
+    cfg.finetune.weights, cfg.train.epochs = str(start), 1
+    first = train(cfg)
+    original = read_metadata(first.weights)["recipe"]["finetune"]["source"]
+    assert original == {"file": "start.safetensors", "sha256": find("resnet20", "cifar10").sha256}
+    start.write_bytes(first.weights.read_bytes())  # another resnet20 file under the same name
+    resumed = train(resume=first.weights.parent, overrides=["train.epochs=2"])
+    assert read_metadata(resumed.weights)["recipe"]["finetune"]["source"] == original

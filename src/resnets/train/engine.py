@@ -32,7 +32,7 @@ from torch.profiler import record_function
 
 from ..data.split import sample_data_dir
 from ..errors import InputError
-from ..pretrained import resolve
+from ..pretrained import resolve, sha256_of
 from ..registry import create_model
 from ..transfer.finetune import GradualUnfreezer, set_trainable, stage_names
 from ..weights_io import METRIC_ALIASES, WriteError, atomic_write, first_nonfinite, read_metadata_only
@@ -537,6 +537,16 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
     # ---- model, optimizer, schedule --------------------------------------------------------------
     torch.manual_seed(t.seed)
     model = create_model(cfg.model.name, num_classes=len(info.classes), weights=ft.weights, **cfg.model.kwargs)
+    if ft.weights:
+        # What the run started from, by content: a tag such as cifar10 names another file once newer weights
+        # ship, and a path is only a file name once the recipe is portable (as for the teachers above). A
+        # resumed run keeps what its start recorded.
+        saved = (((ckpt or {}).get("meta") or {}).get("recipe") or {}).get("finetune") or {}
+        if "source" in saved:
+            recipe["finetune"]["source"] = saved["source"]
+        else:
+            source = resolve(cfg.model.name, ft.weights)
+            recipe["finetune"]["source"] = {"file": source.name, "sha256": sha256_of(source)}
     if is_main and resume is None:  # only now: bad data or model arguments must leave nothing behind (issue 15)
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
