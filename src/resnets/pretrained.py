@@ -110,6 +110,12 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def identity(path: str | Path) -> dict[str, str]:
+    """How a recipe names weights it started from or learned from: file name and content, never a path
+    (a tag such as cifar10 names another file once newer weights ship)."""
+    return {"file": Path(path).name, "sha256": sha256_of(path)}
+
+
 def resolve(model: str, weights: str | Path) -> Path:
     """A path for ``weights``: an existing file as is, else a shipped record's verified file."""
     path = Path(weights)

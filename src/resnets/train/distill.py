@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..pretrained import find, sha256_of
+from ..pretrained import find, identity
 from ..registry import load_model, model_entry
 from .evaluate import check_classes
 
@@ -37,7 +37,7 @@ class Teacher:
     description: dict[str, Any]  # what the weights file's recipe records of it (file name, sha256, model, accuracy)
 
 
-def _open(spec: str, key: str) -> tuple[nn.Module, str, str]:
+def _open(spec: str, key: str) -> tuple[nn.Module, dict[str, str]]:
     """A teacher from a weights file, or from shipped weights written ``MODEL:TAG`` (``resnet56:cifar10``);
     any failure names the config key."""
     path = Path(spec).expanduser()
@@ -50,8 +50,8 @@ def _open(spec: str, key: str) -> tuple[nn.Module, str, str]:
             model, tag = spec.split(":", 1)
             model_entry(model)  # an unknown name says so, with the closest one
             record = find(model, tag)
-            return load_model(tag, model), record.file, record.sha256
-        return load_model(str(path)), path.name, sha256_of(path)
+            return load_model(tag, model), identity(record.path)
+        return load_model(str(path)), identity(path)
     except (InputError, FileNotFoundError, ValueError) as exc:
         raise InputError(f"{key}: teacher weights {spec}: {exc}") from None
 
@@ -66,7 +66,7 @@ def load_teachers(specs: list[str], *, classes: list[str], mean, std, input_size
     teachers = []
     for i, spec in enumerate(specs):
         key = f"distill.teachers[{i}]"
-        net, name, sha = _open(str(spec), key)
+        net, source = _open(str(spec), key)
         meta = dict(getattr(net, "pretrained_meta", None) or {})
         # The class checks of `resnets eval` (count and names); then a teacher must have no class the
         # student lacks either, for its probabilities to be over the student's classes.
@@ -93,7 +93,7 @@ def load_teachers(specs: list[str], *, classes: list[str], mean, std, input_size
         net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).eval()
         metrics = meta.get("metrics") or {}
         teachers.append(Teacher(net, columns, scale, shift, {
-            "file": name, "sha256": sha, "model": meta.get("model"),
+            **source, "model": meta.get("model"),
             **({"val_top1": metrics["val_top1"]} if "val_top1" in metrics else {})}))
     return teachers
 

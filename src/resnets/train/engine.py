@@ -32,7 +32,7 @@ from torch.profiler import record_function
 
 from ..data.split import sample_data_dir
 from ..errors import InputError
-from ..pretrained import resolve, sha256_of
+from ..pretrained import identity, resolve
 from ..registry import create_model
 from ..transfer.finetune import GradualUnfreezer, set_trainable, stage_names
 from ..weights_io import METRIC_ALIASES, WriteError, atomic_write, first_nonfinite, read_metadata_only
@@ -545,8 +545,7 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
         if "source" in saved:
             recipe["finetune"]["source"] = saved["source"]
         else:
-            source = resolve(cfg.model.name, ft.weights)
-            recipe["finetune"]["source"] = {"file": source.name, "sha256": sha256_of(source)}
+            recipe["finetune"]["source"] = identity(resolve(cfg.model.name, ft.weights))
     if is_main and resume is None:  # only now: bad data or model arguments must leave nothing behind (issue 15)
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
