@@ -173,3 +173,21 @@ def test_shipped_weights_teach_by_their_tag(subset, tmp_path):
     assert described["file"] == "resnet20_cifar10.safetensors" and described["sha256"] == find("resnet20", "cifar10").sha256
     with safe_open(str(result.weights), "pt") as f:
         assert "fc.weight" in f.keys()
+
+
+def test_a_resumed_distillation_keeps_its_teachers(subset, tmp_path, teacher_file):
+    """--resume refuses other teachers: a changed distill.* key, or the same name holding another file
+    by now (a tag once newer weights ship, a path overwritten); with the same file back it resumes."""
+    teacher = tmp_path / "teacher.safetensors"
+    teacher.write_bytes(teacher_file.read_bytes())
+    run = train(config(subset, tmp_path, "name=taught", f"distill.teachers=[{teacher}]", "distill.alpha=0.5")).weights.parent
+    with pytest.raises(InputError, match=r"distill\.alpha=0\.9: .*was trained with distill\.alpha=0\.5"):
+        train(resume=run, overrides=["train.epochs=2", "distill.alpha=0.9"])
+    original = teacher.read_bytes()
+    state, meta = load_file(teacher), read_metadata(teacher)
+    export_weights(teacher, {k: v + 1e-3 if v.is_floating_point() else v for k, v in state.items()}, meta)
+    with pytest.raises(InputError, match=r"distill\.teachers\[0\] .*teacher\.safetensors.*was taught by teacher\.safetensors"):
+        train(resume=run, overrides=["train.epochs=2"])
+    teacher.write_bytes(original)
+    resumed = train(resume=run, overrides=["train.epochs=2"])
+    assert read_metadata(resumed.weights)["recipe"]["distill"]["teachers"][0]["sha256"] == sha256_of(teacher)

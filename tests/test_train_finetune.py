@@ -11,6 +11,7 @@ import resnets
 from resnets.pretrained import find
 from resnets.train import Config, train
 from resnets.train.checkpoint import read_metadata
+from resnets.weights_io import export_weights
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +98,20 @@ def test_a_resumed_finetune_keeps_the_source_it_started_from(three_classes, tmp_
     start.write_bytes(first.weights.read_bytes())  # another resnet20 file under the same name
     resumed = train(resume=first.weights.parent, overrides=["train.epochs=2"])
     assert read_metadata(resumed.weights)["recipe"]["finetune"]["source"] == original
+
+
+def test_a_resumed_finetune_needs_neither_its_start_file_nor_what_it_inherited_from_it(three_classes, tmp_path):
+    # --resume builds the network from the checkpoint: the file finetune.weights named may be gone by then,
+    # and the builder arguments the run inherited from it (shortcut="B", not resnet20's default) still hold.
+    start = tmp_path / "start.safetensors"
+    net = resnets.create_model("resnet20", num_classes=10, shortcut="B")
+    export_weights(start, net.state_dict(), {"model": "resnet20", "model_kwargs": {"shortcut": "B"},
+                                             "classes": [f"c{i}" for i in range(10)]})
+    cfg = _config(three_classes, tmp_path)
+    cfg.finetune.weights, cfg.train.epochs = str(start), 1
+    first = train(cfg)
+    start.unlink()
+    resumed = train(resume=first.weights.parent, overrides=["train.epochs=2"])
+    assert read_metadata(resumed.weights)["model_kwargs"]["shortcut"] == "B"
+    assert len((first.weights.parent / "metrics.csv").read_text().splitlines()) == 3  # header, epochs 1 and 2
+    resnets.create_model("resnet20", weights=str(resumed.weights))  # strict: the projection shortcuts are there

@@ -358,12 +358,14 @@ def validate(model: nn.Module, loader, device: torch.device, autocast, world: in
 
 
 # What a checkpoint's state was made with: changed on resume, the weights would not load (model),
-# the optimizer's state would not fit (optim.name, finetune's parameter groups), or the loader's
-# position would mean other images (the split, the batch size, the seed of the shuffle).
+# the optimizer's state would not fit (optim.name, finetune's parameter groups), the loader's
+# position would mean other images (the split, the batch size, the seed of the shuffle), or the
+# weights would hold two recipes under the one they record (distill.*).
 _FIXED_ON_RESUME = ("model.name", "model.kwargs", "data.val_size", "data.split_seed", "data.limit",
                     "train.batch_size", "train.accumulate", "train.seed", "optim.name", "finetune.weights",
                     "finetune.weights_normalization", "finetune.freeze", "finetune.linear_probe",
-                    "finetune.lr_mult", "finetune.unfreeze_every")
+                    "finetune.lr_mult", "finetune.unfreeze_every", "distill.teachers", "distill.alpha",
+                    "distill.temperature", "distill.tta")
 
 
 def _check_resume_keys(saved: Config, cfg: Config, run_dir: Path) -> None:
@@ -395,6 +397,18 @@ def _check_resume_data(saved_meta: dict, recipe: dict, data_path, run_dir: Path)
     warnings.warn(f"data.path {data_path}: the same classes and images per class as {run_dir} was trained on "
                   f"({then_now}), but other content (another image decoder, or edited files); resuming on them",
                   stacklevel=3)
+
+
+def _check_resume_teachers(saved_meta: dict, teachers: list[dict], specs: list[str], run_dir: Path) -> None:
+    """A resumed distillation keeps its teachers by content: a tag (resnet56:cifar10) names another
+    file once newer weights ship, and a path may have been overwritten since the run started."""
+    saved = ((saved_meta.get("recipe") or {}).get("distill") or {}).get("teachers") or []
+    for i, (spec, old, new) in enumerate(zip(specs, saved, teachers)):
+        if isinstance(old, dict) and old.get("sha256") and old["sha256"] != new["sha256"]:
+            raise InputError(f"distill.teachers[{i}] ({spec}) is now {new['file']} (sha256 {new['sha256'][:12]}...), "
+                             f"but {run_dir / 'last.pt'} was taught by {old.get('file')} (sha256 "
+                             f"{old['sha256'][:12]}...); a resumed run keeps its teachers. Put that file back "
+                             f"and name it, or start a new run.")
 
 
 def _new_run_dir(cfg: Config) -> Path:
@@ -481,9 +495,11 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
         # first N, which would be the first classes only.
         train_ds, _ = split_train_val(train_ds, val_size=len(train_ds) - cfg.data.limit, seed=cfg.data.split_seed)
     ft = cfg.finetune
+    saved_meta = (ckpt or {}).get("meta") or {}
     if ft.weights and ft.weights_normalization:
-        # Pretrained features expect the pixels normalised as in their own training.
-        source = weights_metadata(cfg.model.name, ft.weights)
+        # Pretrained features expect the pixels normalised as in their own training; a resumed run
+        # reads them from its checkpoint, not from the file it started from (which may be gone).
+        source = saved_meta if ckpt is not None else weights_metadata(cfg.model.name, ft.weights)
         if source.get("mean") and source.get("std"):
             train_ds.info = dataclasses.replace(train_ds.info, mean=tuple(source["mean"]), std=tuple(source["std"]))
     info = train_ds.info
@@ -531,17 +547,24 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
                 teacher.net = torch.compile(teacher.net)
         # What the teachers were, by content (the config's paths are only file names once portable).
         recipe["distill"]["teachers"] = [teacher.description for teacher in teachers]
+        if ckpt is not None:
+            _check_resume_teachers(saved_meta, recipe["distill"]["teachers"], cfg.distill.teachers, run_dir)
         criterion = Distillation(teachers, cfg.distill.alpha, cfg.distill.temperature, t.label_smoothing,
                                  flip=cfg.distill.tta == "flip")
 
     # ---- model, optimizer, schedule --------------------------------------------------------------
     torch.manual_seed(t.seed)
-    model = create_model(cfg.model.name, num_classes=len(info.classes), weights=ft.weights, **cfg.model.kwargs)
+    # A resumed run's weights are its checkpoint's: the file a fine-tune started from is not read again
+    # (it may be gone, or hold other weights by now), and the builder arguments it inherited from that
+    # file (shortcut="B"...) are the saved ones.
+    inherited = saved_meta.get("model_kwargs") or {}
+    model = create_model(cfg.model.name, num_classes=len(info.classes),
+                         weights=ft.weights if ckpt is None else None, **{**inherited, **cfg.model.kwargs})
     if ft.weights:
         # What the run started from, by content: a tag such as cifar10 names another file once newer weights
         # ship, and a path is only a file name once the recipe is portable (as for the teachers above). A
         # resumed run keeps what its start recorded.
-        saved = (((ckpt or {}).get("meta") or {}).get("recipe") or {}).get("finetune") or {}
+        saved = (saved_meta.get("recipe") or {}).get("finetune") or {}
         if "source" in saved:
             recipe["finetune"]["source"] = saved["source"]
         else:
@@ -582,7 +605,7 @@ def _train(config, overrides, resume, callbacks) -> TrainResult:
 
     # The builder arguments the model was really built with: a fine-tune inherits the source weights'
     # (create_model merges them), so a shortcut="B" network stays one when the result is reloaded.
-    source_kwargs = (getattr(raw_model, "pretrained_meta", None) or {}).get("model_kwargs") or {}
+    source_kwargs = (getattr(raw_model, "pretrained_meta", None) or {}).get("model_kwargs") or inherited
     model_kwargs = {k: v for k, v in {**source_kwargs, **cfg.model.kwargs}.items()
                     if k not in ("num_classes", "in_chans")}
     meta = {"model": cfg.model.name, "model_kwargs": model_kwargs, "classes": list(info.classes),
