@@ -74,3 +74,24 @@ def test_train_needs_a_config_or_a_run(capsys, tmp_path):
     assert "nothing to resume" in capsys.readouterr().err
     assert main(["train", "--config", "no-such-recipe"]) == 2
     assert "quickstart" in capsys.readouterr().err  # lists the recipes
+
+
+def test_eval_threads_hold_for_the_evaluation_only(data, capsys):
+    # `resnets eval --threads 1` (beside a training run: no spinning OpenMP threads) scores as the default does,
+    # and a library caller's torch threads are as before afterwards.
+    import torch
+
+    from resnets.runtime import torch_threads
+    from resnets.train import evaluate
+
+    before = torch.get_num_threads()
+    scores = []
+    for extra in ([], ["--threads", "1"]):
+        assert main(["eval", "--model", "resnet20", "--weights", "cifar10", "--data", str(data), "--json", *extra]) == 0
+        scores.append(json.loads(capsys.readouterr().out))
+    assert scores[1]["n"] == scores[0]["n"] == 100 and scores[1]["top1"] == pytest.approx(scores[0]["top1"], abs=0.011)
+    assert evaluate("cifar10", data, model="resnet20", threads=1)["n"] == 100 and torch.get_num_threads() == before
+    with pytest.raises(KeyError), torch_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+        raise KeyError("inside")
+    assert torch.get_num_threads() == before

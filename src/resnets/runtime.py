@@ -26,7 +26,8 @@ says which extra brings it (:func:`resnets.errors.need`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,20 @@ from torch import Tensor, nn
 
 from .errors import InputError, need
 from .preprocessing import Preprocessing, PreprocessingError
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` (None or 0: left as they are) for the block, then restored."""
+    if not n or n == torch.get_num_threads():
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 # Which runtime an exported file is for, when --backend is not given.

@@ -61,7 +61,8 @@ def run_eval(args) -> int:
     # Nothing is written unless asked for: --confusion PNG, --out JSON.
     result = evaluate(args.weights, args.data, model=args.model, tta=args.tta, batch_size=args.batch_size,
                       device=args.device, split=args.split, confusion_png=args.confusion, holdout=args.holdout,
-                      val_size=args.val_size, split_seed=args.split_seed, backend=args.backend)
+                      val_size=args.val_size, split_seed=args.split_seed, backend=args.backend,
+                      threads=args.threads)
     if args.out:
         from ..weights_io import atomic_write
 
@@ -131,6 +132,9 @@ def register(subparsers) -> None:
     p.add_argument("--split-seed", type=int, help="with --holdout: seed of the split (default: the recipe's)")
     p.add_argument("--batch-size", type=integer(1), default=256)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=integer(0),
+                   help="CPU threads, whatever the backend (default, or 0: the runtime's choice; beside a training "
+                        "run, 1 avoids OpenMP's spinning threads slowing both)")
     p.add_argument("--confusion", metavar="PNG", help="write the confusion-matrix image there")
     p.add_argument("--out", metavar="JSON", help="write the whole result (per-class accuracy, confusion matrix) there")
     p.add_argument("--json", action="store_true", help='print {"top1", "top5", "n"} as JSON')

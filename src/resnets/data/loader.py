@@ -9,29 +9,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 
 from ..errors import InputError
 from ..preprocessing import Preprocessing
+from ..runtime import torch_threads
 from .images import BadImageWarning
 from .info import DatasetInfo
 from .order import BatchPlan, derive_seed, generator
 from .tensor_dataset import TensorImageDataset
-
-
-@contextmanager
-def _threads(n: int | None):
-    if n is None or n == torch.get_num_threads():
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _check_not_empty(plan: BatchPlan) -> None:
@@ -191,7 +178,7 @@ class BatchLoader(_Position):
         start = self._begin()
         epoch = self.epoch
         for batch in self.plan.batches(epoch, start):
-            with _threads(self.cpu_threads):
+            with torch_threads(self.cpu_threads):
                 x, y = self._prepare(batch)
             self.batch = batch.index + 1  # position = batches handed out, so a checkpoint taken now resumes after this one
             yield x, y

@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..preprocessing import Preprocessing
 from ..progress import LoopProgress
 from ..registry import load_model as load_registered
-from ..runtime import Backend, open_backend
+from ..runtime import Backend, open_backend, torch_threads
 
 
 def load_model(weights: str | Path, model: str | None = None, device: str | torch.device = "cpu"
@@ -60,7 +60,7 @@ def tta_logits(net: Backend, x: torch.Tensor, tta: str | None, plain: torch.Tens
 def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None, tta: str | None = None,
              batch_size: int = 256, device: str = "cpu", split: str | None = None,
              confusion_png: str | Path | None = None, holdout: bool = False, val_size: int | None = None,
-             split_seed: int | None = None, backend: str | None = None) -> dict[str, Any]:
+             split_seed: int | None = None, backend: str | None = None, threads: int | None = None) -> dict[str, Any]:
     """Top-1, top-5, per-class accuracy and the confusion matrix of ``weights`` on ``data``.
 
     ``data``: an image folder (class sub-folders) or a CIFAR archive folder. Images are normalised
@@ -69,6 +69,8 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
     the weights' recipe (``data.val_size``, ``data.split_seed``) unless ``val_size``/``split_seed`` say otherwise.
     ``backend``: "torch", "onnxruntime" or "openvino" (default: torch for weights, the file's runtime
     for an exported ``.onnx``/``.xml``/``.pt2``), with the same preprocessing and classes.
+    ``threads``: CPU threads for whichever backend runs it (default: its own choice); on a machine busy
+    with other work, fewer threads than cores avoid OpenMP's spinning threads waiting on each other.
     """
     from ..data import open_dataset
 
@@ -76,7 +78,7 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
         raise InputError(f"--tta must be 'flip' or 'none'; got {tta!r}")
     tta = None if tta == "none" else tta
     device = torch.device(device)
-    net = open_backend(weights, backend, model=model, device=device)
+    net = open_backend(weights, backend, model=model, device=device, threads=threads)
     meta = net.metadata
     for candidate in [split] if split else (["train"] if holdout else ["test", "val", "train"]):
         try:
@@ -96,7 +98,7 @@ def evaluate(weights: str | Path, data: str | Path, *, model: str | None = None,
     k = len(classes)
     confusion = torch.zeros(k, k, dtype=torch.int64)
     correct5 = 0
-    with LoopProgress(f"eval {Path(data).name}", len(ds), unit="images") as progress:
+    with torch_threads(threads), LoopProgress(f"eval {Path(data).name}", len(ds), unit="images") as progress:
         for x, y in eval_batches(ds, prep, batch_size, device):
             y = remap[y.cpu()]
             logits = tta_logits(net, x, tta)  # on the CPU, whatever ran it
