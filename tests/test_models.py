@@ -377,6 +377,19 @@ def test_densenet_in_chans_and_head():
     assert model.features.conv0.in_channels == 1 and model.get_classifier().out_features == 4
 
 
+@pytest.mark.parametrize("name, smallest", [("densenet121", 29), ("densenet_bc100_k12", 4)])
+def test_densenet_names_the_smallest_image_it_takes(name, smallest):
+    # 7x7/2 conv and 3x3/2 max-pool, then three 2x2 pools: 29 px is the least that leaves each pool a 2x2
+    # map (densenet121); the CIFAR stem keeps the size and two pools need 4. Below it, a named error, not
+    # torch's "Output size is too small"; non-square images need both sides.
+    model = resnets.create_model(name, num_classes=3).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, smallest, smallest + 3)).shape == (1, 3)
+        for shape in ((smallest - 1, smallest), (smallest, smallest - 1)):
+            with pytest.raises(InputError, match=f"at least {smallest}x{smallest} pixels"):
+                model(torch.randn(1, 3, *shape))
+
+
 def test_resnet_d_structure_matches_bag_of_tricks():
     # He et al. 2019, Figure 2: ResNet-B (stride on the 3x3), ResNet-C (three 3x3 stem convs of
     # 32, 32, 64 channels, the first with stride 2), ResNet-D (2x2 average pool, stride 2, before

@@ -91,6 +91,32 @@ class Transition(nn.Sequential):
         self.relu = nn.ReLU(inplace=True)
         self.conv = conv1x1(in_channels, out_channels)
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+        self.smallest_input = 2  # of the whole network, set by DenseNet: for the message below
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2] < 2 or x.shape[-1] < 2:
+            # Else torch's "Output size is too small", which names neither the layer nor the image size.
+            n = self.smallest_input
+            raise InputError(f"input too small for this DenseNet: a transition's 2x2 pool got a "
+                             f"{x.shape[-2]}x{x.shape[-1]} map; it takes images of at least {n}x{n} pixels")
+        return self.pool(self.conv(self.relu(self.norm(x))))
+
+
+def _smallest_input(stem: Sequence[nn.Module], transitions: int) -> int:
+    """The smallest image side for which every transition's pool gets a map of at least 2x2."""
+    def after(size: int, module: nn.Module) -> int:
+        if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            k, st, p = (v if isinstance(v, int) else v[0] for v in (module.kernel_size, module.stride, module.padding))
+            return (size + 2 * p - k) // st + 1
+        return size
+
+    for side in range(1, 1 << 16):
+        size = side
+        for module in stem:
+            size = after(size, module)
+        if size >= 2 << max(transitions - 1, 0) or transitions == 0:
+            return side
+    raise AssertionError("unreachable: the stem shrinks images by a bounded factor")
 
 
 class DenseNet(nn.Module):
@@ -165,6 +191,10 @@ class DenseNet(nn.Module):
         units.append(("norm5", nn.BatchNorm2d(channels)))
         self.feature_info.append({"num_chs": channels, "reduction": reduction, "module": "features.norm5"})
         self.features = nn.Sequential(OrderedDict(units))
+        transitions = [m for m in self.features if isinstance(m, Transition)]
+        smallest = _smallest_input([parts.conv, parts.pool], len(transitions))
+        for transition in transitions:
+            transition.smallest_input = smallest
         # torchvision applies this ReLU functionally after ``features``; as a module it has no
         # weights, so the state dicts stay the same.
         self.act = nn.ReLU(inplace=True)
