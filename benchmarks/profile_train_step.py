@@ -3,15 +3,20 @@
 ``torch.profiler``, ResNet-20 on real CIFAR-10 images at batch 128 by default.
 
     python benchmarks/profile_train_step.py --data DIR [--steps 20] [--batch 128] [--nchw] [--compile] [--glibc-malloc]
+        [--kernels N] [--inductor KEY=VALUE ...]
 
 Each operator's self time is attributed to the step phase (``record_function`` range) it ran in and
 to a kind (convolution, batch-norm, ReLU, add, ...); "Python and framework" is the wall time of the
-steps not covered by any operator. A benchmark, not a test: shares depend on the machine and its load.
+steps not covered by any operator. ``--kernels N`` lists the N operators with the most self time,
+inductor's fused kernels among them by name when compiled; ``--inductor`` sets ``torch._inductor.config``
+keys (``cpp.use_two_step_variance_threshold=10**9`` is written ``1000000000``) to compare code generation
+choices. A benchmark, not a test: shares depend on the machine and its load.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
 import time
@@ -57,9 +62,29 @@ def main() -> None:
                         help="bf16: autocast, as train.precision=bf16 (fast only where the CPU has AVX512_BF16/AMX)")
     parser.add_argument("--glibc-malloc", action="store_true",
                         help="leave glibc's malloc as it is (the engine keeps freed memory: train/host_memory.py)")
+    parser.add_argument("--kernels", type=int, default=0, metavar="N",
+                        help="also list the N operators (inductor's kernels by name, when compiled) with the most self time")
+    parser.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --compile: set a torch._inductor.config key to a Python literal, "
+                             "e.g. cpp.enable_unsafe_math_opt_flag=True (repeatable)")
     args = parser.parse_args()
     if not args.data:
         parser.error("give --data DIR or set RESNETS_DATA")
+    if args.compile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True  # each fused kernel a profiler event of its own
+        for item in args.inductor:
+            key, _, value = item.partition("=")
+            *path, name = key.split(".")
+            section = inductor_config
+            for part in path:
+                section = getattr(section, part)
+            if not hasattr(section, name):
+                parser.error(f"--inductor {item}: torch._inductor.config has no key {key!r}")
+            setattr(section, name, ast.literal_eval(value))
+    elif args.inductor:
+        parser.error("--inductor needs --compile")
     if not args.glibc_malloc:
         keep_freed_memory()  # as resnets.train does on a CPU
 
@@ -117,6 +142,13 @@ def main() -> None:
     rest = total_us - covered
     print(f"| Python and framework | (wall time outside any operator) | {rest / args.steps / 1e3:.2f} | "
           f"{rest / total_us:.1%} |")
+    if args.kernels:
+        print("\n| operator or kernel | calls/step | ms/step | share |\n|---|---:|---:|---:|")
+        for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:args.kernels]:
+            print(f"| {e.key[:100]} | {e.count / args.steps:g} | {e.self_cpu_time_total / args.steps / 1e3:.2f} | "
+                  f"{e.self_cpu_time_total / total_us:.1%} |")
+    if args.inductor:
+        print(f"inductor config: {', '.join(args.inductor)}")
 
 
 if __name__ == "__main__":
