@@ -33,6 +33,8 @@ from resnets.train.host_memory import keep_freed_memory
 from resnets.train.optim import EMA, build_optimizer
 
 KINDS = [  # (kind, operator-name pattern); first match wins
+    # Compiled: inductor's kernels fuse batch-norm, ReLU and the adds (their names may say convolution_backward).
+    ("inductor's fused kernels", r"^graph_\d+_cpp_fused"),
     ("convolution", r"conv|mkldnn_convolution"),
     ("batch-norm", r"batch_norm"),
     ("ReLU", r"relu|threshold_backward|clamp_min"),
