@@ -31,6 +31,9 @@ class WeightsRecord:
         return Path(str(files("resnets") / "assets" / "weights" / self.file))
 
 
+_TRAIN = "resnets train --config configs/cifar10_cpu.yaml --data ../shared/datasets/cifar10-jpeg/train"
+
+
 def _cifar10_cpu(model: str, sha256: str, top1: float, top5: float, top1_flip: float, seconds: str,
                  hardware: str, epochs: int, steps: int, overrides: str = "") -> WeightsRecord:
     """A model trained by ``configs/cifar10_cpu.yaml`` (warmup-stable-linear-decay; issue 13) on the
@@ -42,8 +45,7 @@ def _cifar10_cpu(model: str, sha256: str, top1: float, top5: float, top1_flip: f
         model=model, tag="cifar10", file=f"{model}_cifar10.safetensors", sha256=sha256, classes=CIFAR10_CLASSES,
         mean=(0.491376, 0.482182, 0.446706), std=(0.245233, 0.242864, 0.260666),
         metrics={"val_top1": top1, "val_top5": top5, "val_top1_flip": top1_flip},
-        command="resnets train --config configs/cifar10_cpu.yaml --data ../shared/datasets/cifar10-jpeg/train"
-                + overrides,
+        command=_TRAIN + overrides,
         hardware=hardware, wall_time=f"{seconds} s of training ({epochs} epochs, {steps:,} steps of 128)",
     )
 
@@ -55,6 +57,17 @@ _XEON_AMX = ("2-core x86 CPU (Intel Xeon, Emerald Rapids, with AVX-512 and AMX: 
 _ZEN2_FP32 = ("2-core x86 CPU (AMD EPYC, Zen 2, AVX2 only: the recipe's precision auto trained in fp32, compiled "
               "by inductor)")
 _BESIDE = ", one thread (train.threads=1) beside another training run on the other core"
+
+
+def _then_distilled(run: str, model: str = "") -> str:
+    """The end of a two-stage record's overrides: the first stage's run is named ``run``, then 12 epochs from its
+    file at a fifth of the peak learning rate, taught by the shipped resnet56 (RESULTS, "Distilling the shipped
+    resnet20")."""
+    return (f" --set out_dir=runs --set name={run} && {_TRAIN}{model} --set data.cutout=16 --set train.epochs=12"
+            f" --set train.compile=true --set finetune.weights=runs/{run}/final.safetensors --set optim.lr=0.02"
+            " --set schedule.decay_frac=0.9 --set 'distill.teachers=[resnet56:cifar10]' --set distill.alpha=0.9")
+
+
 RECORDS: list[WeightsRecord] = [
     # Two stages (RESULTS, "Distilling the shipped resnet20"): the file shipped before it (90 epochs with cutout,
     # 7,998 s in bf16 on the AVX-512 EPYC; `git show d398134:src/resnets/assets/weights/resnet20_cifar10.safetensors`,
@@ -62,12 +75,7 @@ RECORDS: list[WeightsRecord] = [
     # times and hardware are the second stage's.
     _cifar10_cpu("resnet20", "3642030575f2cfbe11b1f9ee083a0dd2dcd7c9dc5940304c60a16159c492131a", 0.895, 0.9946,
                  0.8978, "4,972", _ZEN2_FP32 + _BESIDE + ", after the 7,998 s of the first stage", 12, 4_212,
-                 overrides=" --set data.cutout=16 --set train.epochs=90 --set out_dir=runs --set name=r20-e90"
-                           " && resnets train --config configs/cifar10_cpu.yaml --data ../shared/datasets/cifar10-jpeg/train"
-                           " --set data.cutout=16 --set train.epochs=12 --set train.compile=true"
-                           " --set finetune.weights=runs/r20-e90/final.safetensors --set optim.lr=0.02"
-                           " --set schedule.decay_frac=0.9 --set 'distill.teachers=[resnet56:cifar10]'"
-                           " --set distill.alpha=0.9"),
+                 overrides=" --set data.cutout=16 --set train.epochs=90" + _then_distilled("r20-e90")),
     # Two stages as resnet20's (RESULTS, "Distilling the shipped resnet32"): the file shipped before it (64 epochs with
     # cutout, 9,201 s in bf16 on the Xeon with AMX, one thread beside another run, about 1,850 s of it slowed or paused;
     # `git show 4f1f69b:src/resnets/assets/weights/resnet32_cifar10.safetensors`, sha256 8389748d...; 0.8926 / 0.996 /
@@ -75,12 +83,7 @@ RECORDS: list[WeightsRecord] = [
     _cifar10_cpu("resnet32", "0266ec4f9836b92e28347d54125a721b55dcadd3c07d9bed22d552cc35e7d413", 0.8996, 0.9954,
                  0.9006, "5,980", _ZEN2_FP32 + _BESIDE + ", after the 9,201 s of the first stage", 12, 4_212,
                  overrides=" --set model.name=resnet32 --set data.cutout=16 --set train.epochs=64 --set train.compile=true"
-                           " --set out_dir=runs --set name=r32-e64"
-                           " && resnets train --config configs/cifar10_cpu.yaml --data ../shared/datasets/cifar10-jpeg/train"
-                           " --set model.name=resnet32 --set data.cutout=16 --set train.epochs=12 --set train.compile=true"
-                           " --set finetune.weights=runs/r32-e64/final.safetensors --set optim.lr=0.02"
-                           " --set schedule.decay_frac=0.9 --set 'distill.teachers=[resnet56:cifar10]'"
-                           " --set distill.alpha=0.9"),
+                           + _then_distilled("r32-e64", " --set model.name=resnet32")),
     _cifar10_cpu("resnet44", "e31d0e7cb08b97f6d577e80eeddadb5ec593505a2e6f8577c725b3b810596e5f", 0.9068, 0.9964,
                  0.914, "17,536", _XEON_AMX + _BESIDE + "; the seconds include about 3,000 s paused (CI rehearsals in "
                  "epochs 3, 29 and 32)", 90, 31_590,
